@@ -1,0 +1,181 @@
+"""Atomic file writes, the portable `model.pt` format, and loading of the original repositories' checkpoints.
+
+`model.pt` is a plain dict (loadable with `torch.load(..., weights_only=True)`):
+`{"format": "zskt-wrn-1", "arch": {"depth", "width", "num_classes"}, "dataset", "mean",
+"std", "method", "teacher": {...} or None, "state_dict"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zskt.errors import UserError
+from zskt.models.wide_resnet import WideResNet
+
+MODEL_FORMAT = "zskt-wrn-1"
+
+# The reproducibility study's WRN: block<g>.nblockLayer.<i>.{batch_norm1,conv1,batch_norm2,conv2,conv_inp}, batch_norm, fc
+_STUDY_KEYS = [
+    (r"^block(\d)\.nblockLayer\.", r"block\1.layer."),
+    (r"\.batch_norm1\.", ".bn1."),
+    (r"\.batch_norm2\.", ".bn2."),
+    (r"\.conv_inp\.", ".shortcut."),
+    (r"^batch_norm\.", "bn."),
+]
+# The paper authors' WRN: block<g>.layer.<i>.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc
+_AUTHORS_KEYS = [
+    (r"\.convShortcut\.", ".shortcut."),
+    (r"^bn1\.", "bn."),
+]
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write `data` as indented JSON, atomically."""
+    _atomic_write(path, lambda h: h.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save`, atomically."""
+    _atomic_write(path, lambda h: torch.save(obj, h))
+
+
+def save_model(model: WideResNet, path: str | os.PathLike, *, dataset: str, mean, std, method: str,
+               teacher: dict | None = None) -> None:
+    """Save a trained WRN with everything needed to use it elsewhere without extra flags."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_torch_save(
+        {
+            "format": MODEL_FORMAT,
+            "arch": model.arch,
+            "dataset": dataset,
+            "mean": [float(x) for x in mean],
+            "std": [float(x) for x in std],
+            "method": method,
+            "teacher": teacher,
+            "state_dict": state,
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` with every failure turned into a one-line `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "it needs arbitrary unpickling"
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({first[:160]}): re-save it as a plain state dict") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:160]}): re-create or re-download it") from None
+
+
+def _rename(state: dict, rules: list[tuple[str, str]]) -> dict:
+    renamed = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        renamed[key] = value
+    return renamed
+
+
+def to_zskt_state_dict(state: dict) -> dict:
+    """Map a raw WRN state dict of ours, the study's or the paper authors' code onto our key names."""
+    state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
+    if any(".nblockLayer." in k for k in state):
+        return _rename(state, _STUDY_KEYS)
+    if any(".convShortcut." in k for k in state) or "bn1.weight" in state:
+        return _rename(state, _AUTHORS_KEYS)
+    return state
+
+
+def infer_arch(state: dict) -> dict:
+    """Depth, width and class count of a WRN from its (our-named) state dict."""
+    try:
+        n = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"block1\.layer\.(\d+)\.", k)))
+        width = state["block3.layer.0.conv1.weight"].shape[0] // 64
+        num_classes = state["fc.weight"].shape[0]
+    except (ValueError, KeyError):
+        raise UserError("the checkpoint is not a Wide ResNet state dict (no block1.layer.*, block3.*, fc.* keys)") from None
+    return {"depth": 6 * n + 4, "width": int(width), "num_classes": int(num_classes)}
+
+
+def load_model(path: str | os.PathLike, expect: dict | None = None) -> tuple[WideResNet, dict]:
+    """Load a WRN from our `model.pt` or an original repository's raw state dict.
+
+    Returns the model and its metadata (`arch`, and for our files `dataset`, `mean`,
+    `std`, `method`, `teacher`). `expect` (any of depth/width/num_classes) is checked
+    against the file; a mismatch is a one-line `UserError`.
+    """
+    raw = read_checkpoint(path)
+    if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
+        meta = {k: v for k, v in raw.items() if k != "state_dict"}
+        state = raw["state_dict"]
+    elif isinstance(raw, dict):
+        for wrapper in ("state_dict", "model_state_dict", "model", "student_state_dict"):
+            if isinstance(raw.get(wrapper), dict):
+                raw = raw[wrapper]
+                break
+        if not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise UserError(f"checkpoint {path} holds no WRN state dict: pass a model.pt or a *-dict.pth file")
+        state = to_zskt_state_dict(raw)
+        meta = {"arch": infer_arch(state), "dataset": None, "mean": None, "std": None, "method": None, "teacher": None}
+    else:
+        raise UserError(f"checkpoint {path} holds a {type(raw).__name__}, not a state dict: pass a model.pt or a *-dict.pth file")
+
+    arch = meta["arch"]
+    for key, value in (expect or {}).items():
+        if value is not None and arch.get(key) != value:
+            raise UserError(
+                f"checkpoint {path} is a WRN-{arch['depth']}-{arch['width']} with {arch['num_classes']} classes, "
+                f"but {key}={value} was asked for: fix the config or pass the matching checkpoint"
+            )
+    model = WideResNet(arch["depth"], arch["width"], arch["num_classes"])
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {path} does not fit a WRN-{arch['depth']}-{arch['width']}: "
+                        f"{str(err).splitlines()[-1].strip()[:160]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"checkpoint {path} does not fit a WRN-{arch['depth']}-{arch['width']}: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+        )
+    return model, meta
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A teacher: eval mode, no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

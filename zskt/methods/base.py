@@ -1,0 +1,97 @@
+"""What every method shares: the student network, test-set accuracy, the speed switches, budgets."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from zskt.errors import UserError
+from zskt.models.wide_resnet import WideResNet, count_parameters, set_channels_last
+
+
+def scaled(n: int, budget_scale: float) -> int:
+    """A training length multiplied by `budget_scale`, never below 1."""
+    if not isinstance(budget_scale, (int, float)) or budget_scale <= 0:
+        raise UserError(f"method.budget_scale={budget_scale} is invalid: use a positive number (1.0 = the paper's budget)")
+    return max(1, int(round(n * budget_scale)))
+
+
+def epoch_budget(epochs: int | None, full_epochs: int, m: int | None, reference_m: int, budget_scale: float) -> int:
+    """Epochs to train: `epochs` if given, else the full-data length `full_epochs`, stretched to
+    `int(full_epochs * reference_m / m)` for a few-shot set (keeping the step count near the
+    full-data run, SPEC section 4); either way multiplied by `budget_scale`."""
+    if epochs is None:
+        epochs = full_epochs if m is None else int(full_epochs * reference_m / m)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise UserError(f"method.epochs={epochs} is invalid: use a positive integer or null for the paper's recipe")
+    return scaled(epochs, budget_scale)
+
+
+def evaluation_period(total: int, evaluations: int) -> int:
+    """Evaluate every this many epochs/iteration-blocks to get about `evaluations` evaluations."""
+    if not isinstance(evaluations, int) or evaluations < 1:
+        raise UserError(f"method.evaluations={evaluations} is invalid: use a positive integer")
+    return max(1, total // evaluations)
+
+
+class StudentModule(pl.LightningModule):
+    """A student WRN evaluated on the test set. On its own it is the `evaluate` method.
+
+    Periodic evaluations (validation loop, run on the test split as the originals do) feed
+    `test_acc` and the originals' best-of-evaluations `best_test_acc`; `trainer.test` gives
+    the final accuracy that results.json reports as the headline.
+    """
+
+    trains = False
+    needs_teacher = False
+
+    def __init__(self, name: str, student: dict, channels_last: bool = True, compile: bool = False) -> None:
+        super().__init__()
+        self.method_name = name
+        self.student = set_channels_last(WideResNet(**student), channels_last)
+        self.channels_last = channels_last
+        num_classes = student["num_classes"]
+        self.eval_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.final_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.best_accuracy = MaxMetric()
+        if compile:
+            # in place: the state-dict keys keep their names (no `_orig_mod.` prefix)
+            self.student.compile()
+
+    # ------------------------------------------------------------------ helpers
+    def to_input(self, images: Tensor) -> Tensor:
+        """Put a batch in the memory format the networks use."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    @property
+    def student_params(self) -> int:
+        return count_parameters(self.student)
+
+    def budget(self) -> dict:
+        """The training length, for results.json."""
+        return {}
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.eval_accuracy.update(self.student(self.to_input(images)), labels)
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = self.eval_accuracy.compute() * 100.0
+        self.eval_accuracy.reset()
+        self.best_accuracy.update(accuracy)
+        self.log("test_acc", accuracy, sync_dist=True)
+        self.log("best_test_acc", self.best_accuracy.compute(), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.final_accuracy.update(self.student(self.to_input(images)), labels)
+
+    def on_test_epoch_end(self) -> None:
+        accuracy = self.final_accuracy.compute() * 100.0
+        self.final_accuracy.reset()
+        self.best_accuracy.update(accuracy)
+        self.log("final_test_acc", accuracy, sync_dist=True)

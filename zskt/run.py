@@ -1,0 +1,208 @@
+"""The one entry point: `python -m zskt.run method=... dataset=... key=value`.
+
+It wires configured parts together (seed, data, networks, method, trainer), runs them and
+writes the run's outputs; the computing happens in the modules it wires. Mistakes a
+user can fix end as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from zskt.checkpoints import atomic_write_json, load_model, save_model
+from zskt.errors import UserError
+from zskt.hardware import register_resolvers
+
+log = logging.getLogger("zskt")
+register_resolvers()
+
+RUN_CONFIG = "run_config.yaml"
+RESULTS = "results.json"
+
+
+# ---------------------------------------------------------------------------- config
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """The run's full config with every interpolation resolved; on `resume=true`, the saved one."""
+    output_dir = Path(cfg.paths.output_dir)
+    saved = output_dir / RUN_CONFIG
+    if cfg.resume and saved.is_file():
+        resumed = OmegaConf.load(saved)
+        resumed.resume = True
+        return resumed
+    if cfg.resume and not _is_multirun():
+        raise UserError(f"resume=true but {output_dir} holds no run to resume: pass hydra.run.dir=<an earlier run dir>")
+    try:
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except MissingMandatoryValue as err:
+        raise UserError(f"{err.full_key} must be set: add {err.full_key}=... to the command") from None
+    except OmegaConfBaseException as err:
+        raise UserError(f"the config does not resolve ({str(err).splitlines()[0]}): check the overrides") from None
+    resolved.resume = False
+    return resolved
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs):
+    """`hydra.utils.instantiate` with plain containers, config errors turned into one line."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except UserError:
+        raise
+    except Exception as err:  # instantiate wraps constructor errors in InstantiationException
+        cause = err.__cause__ if isinstance(err.__cause__, UserError) else None
+        if cause is not None:
+            raise cause from None
+        if isinstance(err.__cause__, TypeError) or "unexpected keyword" in str(err):
+            raise UserError(f"{what} config has a key the {what} does not take ({str(err).splitlines()[-1][:200]}): fix the override") from None
+        raise
+
+
+# ---------------------------------------------------------------------------- parts
+def build_student_arch(cfg: DictConfig, num_classes: int) -> tuple[dict, torch.nn.Module | None, dict | None]:
+    """Architecture of the student, and its starting weights when `student.checkpoint` is set."""
+    if cfg.student.get("checkpoint"):
+        model, meta = load_model(cfg.student.checkpoint, expect={"num_classes": num_classes})
+        return model.arch, model, meta
+    return {"depth": cfg.student.depth, "width": cfg.student.width, "num_classes": num_classes}, None, None
+
+
+def build_callbacks(cfg: DictConfig, checkpoint_every: int) -> list[pl.Callback]:
+    callbacks = []
+    for key, node in cfg.callbacks.items():
+        extra = {}
+        if key == "model_checkpoint" and node.get("every_n_epochs") is None:
+            extra["every_n_epochs"] = checkpoint_every
+        callbacks.append(_instantiate(node, f"callbacks.{key}", **extra))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
+    max_epochs = getattr(module, "max_epochs", 1)
+    eval_every = getattr(module, "eval_every", 1)
+    return _instantiate(
+        cfg.trainer,
+        "trainer",
+        logger=_instantiate(cfg.logger, "logger"),
+        callbacks=build_callbacks(cfg, eval_every),
+        max_epochs=max_epochs,
+        check_val_every_n_epoch=eval_every,
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
+def zoo_path(cfg: DictConfig, dataset: str, arch: dict, seed: int) -> Path:
+    """Where the model zoo keeps a full-data scratch model."""
+    return Path(cfg.paths.models) / dataset / f"wrn-{arch['depth']}-{arch['width']}-seed{seed}.pt"
+
+
+# ---------------------------------------------------------------------------- the run
+def execute(cfg: DictConfig) -> dict:
+    """Run one configured job and return its results (also written to results.json)."""
+    start = time.perf_counter()
+    cfg = resolve_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    results_file = output_dir / RESULTS
+    if cfg.resume and results_file.is_file():
+        import json
+
+        done = json.loads(results_file.read_text())
+        if done.get("status") == "completed":
+            print(f"zskt: {output_dir} already completed (test accuracy {done.get('test_acc')}%); nothing to resume")
+            return done
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    method_cls = get_class(cfg.method._target_)
+
+    datamodule = _instantiate(cfg.dataset, "dataset")
+    datamodule.setup("fit")
+    arch, initial, initial_meta = build_student_arch(cfg, datamodule.num_classes)
+
+    module = _instantiate(
+        cfg.method,
+        "method",
+        student=arch,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+        **({"m": datamodule.m} if method_cls.trains else {}),
+    )
+    if initial is not None:
+        module.student.load_state_dict(initial.state_dict())
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    trainer = build_trainer(cfg, module)
+
+    if method_cls.trains:
+        ckpt_path = None
+        if cfg.resume:
+            last = output_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                ckpt_path = str(last)
+            elif not _is_multirun():
+                raise UserError(f"resume=true but {last} does not exist: the run never reached its first checkpoint; start it again")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    final = trainer.test(module, datamodule=datamodule, verbose=False)[0]["final_test_acc"]
+    best = float(module.best_accuracy.compute()) if method_cls.trains else None
+
+    model_file = output_dir / "model.pt"
+    if method_cls.trains:
+        save_model(module.student, model_file, dataset=datamodule.name, mean=datamodule.mean, std=datamodule.std,
+                   method=cfg.method.name)
+        if cfg.method.name == "scratch" and datamodule.m is None and trainer.is_global_zero:
+            save_model(module.student, zoo_path(cfg, datamodule.name, arch, cfg.seed), dataset=datamodule.name,
+                       mean=datamodule.mean, std=datamodule.std, method=cfg.method.name)
+
+    results = {
+        "status": "completed",
+        "method": cfg.method.name,
+        "dataset": datamodule.name,
+        "m": datamodule.m,
+        "seed": cfg.seed,
+        "student": {"depth": arch["depth"], "width": arch["width"], "params": module.student_params},
+        "teacher": None,
+        "test_acc": round(float(final), 4),
+        "best_test_acc": None if best is None else round(best, 4),
+        "best_test_acc_note": "best of the periodic test-set evaluations (the originals' number); test_acc is the final one",
+        "budget": module.budget(),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "model": "model.pt" if method_cls.trains else cfg.student.checkpoint,
+        "precision": str(trainer.precision),
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(results, results_file)
+    best_text = "" if best is None else f" (best of evaluations {best:.2f}%)"
+    print(f"zskt: {cfg.method.name} on {datamodule.name}: final test accuracy {final:.2f}%{best_text}; results in {output_dir}")
+    return results
+
+
+def run(cfg: DictConfig) -> dict:
+    """`execute` with user errors reported as one line and exit status 2."""
+    try:
+        return execute(cfg)
+    except UserError as err:
+        print(f"zskt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
