@@ -8,6 +8,7 @@ user can fix end as one line on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,10 +25,12 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from zskt.checkpoints import atomic_write_json, load_model, save_model
 from zskt.errors import UserError
 from zskt.hardware import register_resolvers
+from zskt.models.wide_resnet import count_parameters
 
 log = logging.getLogger("zskt")
 register_resolvers()
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RUN_CONFIG = "run_config.yaml"
 RESULTS = "results.json"
 
@@ -94,13 +97,16 @@ def build_callbacks(cfg: DictConfig, checkpoint_every: int) -> list[pl.Callback]
 def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
     max_epochs = getattr(module, "max_epochs", 1)
     eval_every = getattr(module, "eval_every", 1)
+    # zero-shot "epochs" are blocks of eval_every iterations: one evaluation and checkpoint each
+    period = 1 if not module.uses_train_data else eval_every
     return _instantiate(
         cfg.trainer,
         "trainer",
+        max_steps=getattr(module, "max_steps", -1),
         logger=_instantiate(cfg.logger, "logger"),
-        callbacks=build_callbacks(cfg, eval_every),
+        callbacks=build_callbacks(cfg, period),
         max_epochs=max_epochs,
-        check_val_every_n_epoch=eval_every,
+        check_val_every_n_epoch=period,
         default_root_dir=cfg.paths.output_dir,
     )
 
@@ -110,11 +116,50 @@ def zoo_path(cfg: DictConfig, dataset: str, arch: dict, seed: int) -> Path:
     return Path(cfg.paths.models) / dataset / f"wrn-{arch['depth']}-{arch['width']}-seed{seed}.pt"
 
 
+def teacher_training_command(cfg: DictConfig) -> str:
+    """The exact command that trains the configured teacher into the model zoo."""
+    parts = ["python -m zskt.run method=scratch", f"dataset={cfg.dataset.name}",
+             f"student.depth={cfg.teacher.depth}", f"student.width={cfg.teacher.width}", f"seed={cfg.teacher.seed}"]
+    if cfg.dataset.get("root"):
+        parts.append(f"dataset.root={cfg.dataset.root}")
+    if cfg.paths.models != "outputs/models":
+        parts.append(f"paths.models={cfg.paths.models}")
+    return " ".join(parts)
+
+
+def teacher_config(raw: DictConfig) -> DictConfig:
+    """The config of a scratch run that trains `raw`'s teacher into the model zoo, in <run dir>/teacher."""
+    cfg = raw.copy()
+    method = OmegaConf.load(CONF_DIR / "method" / "scratch.yaml")
+    method.budget_scale = raw.method.get("budget_scale", 1.0)
+    method.epochs = raw.teacher.get("epochs")
+    cfg.method = method
+    cfg.student = {"depth": raw.teacher.depth, "width": raw.teacher.width, "checkpoint": None}
+    cfg.dataset.m = None
+    cfg.seed = raw.teacher.seed
+    cfg.resume = False
+    cfg.paths.output_dir = str(Path(raw.paths.output_dir) / "teacher")
+    return cfg
+
+
+def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The frozen teacher from teacher.checkpoint (the model zoo by default)."""
+    path = Path(cfg.teacher.checkpoint)
+    if not path.is_file():
+        zoo = zoo_path(cfg, cfg.dataset.name, cfg.teacher, cfg.teacher.seed)
+        hint = f"train it with `{teacher_training_command(cfg)}`, " if path == zoo else ""
+        raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
+                        "or set teacher.train_if_missing=true")
+    model, meta = load_model(path, expect={"num_classes": num_classes})
+    info = {**model.arch, "checkpoint": str(path), "params": count_parameters(model)}
+    return model.eval().requires_grad_(False), info
+
+
 # ---------------------------------------------------------------------------- the run
-def execute(cfg: DictConfig) -> dict:
+def execute(raw: DictConfig) -> dict:
     """Run one configured job and return its results (also written to results.json)."""
     start = time.perf_counter()
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(raw)
     output_dir = Path(cfg.paths.output_dir)
     results_file = output_dir / RESULTS
     if cfg.resume and results_file.is_file():
@@ -132,13 +177,25 @@ def execute(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     arch, initial, initial_meta = build_student_arch(cfg, datamodule.num_classes)
 
+    extra, teacher_info = {}, None
+    if method_cls.trains and method_cls.uses_train_data:
+        extra["m"] = datamodule.m
+    if method_cls.needs_teacher:
+        if not Path(cfg.teacher.checkpoint).is_file() and cfg.teacher.train_if_missing:
+            print(f"zskt: teacher {cfg.teacher.checkpoint} is missing; training it first ({teacher_training_command(cfg)})")
+            trained = execute(teacher_config(raw))
+            if not Path(cfg.teacher.checkpoint).is_file():  # a custom path outside the zoo
+                shutil.copyfile(Path(cfg.paths.output_dir) / "teacher" / trained["model"], cfg.teacher.checkpoint)
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        extra["teacher"], teacher_info = load_teacher(cfg, datamodule.num_classes)
+
     module = _instantiate(
         cfg.method,
         "method",
         student=arch,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
-        **({"m": datamodule.m} if method_cls.trains else {}),
+        **extra,
     )
     if initial is not None:
         module.student.load_state_dict(initial.state_dict())
@@ -155,14 +212,20 @@ def execute(cfg: DictConfig) -> dict:
                 ckpt_path = str(last)
             elif not _is_multirun():
                 raise UserError(f"resume=true but {last} does not exist: the run never reached its first checkpoint; start it again")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    final = trainer.test(module, datamodule=datamodule, verbose=False)[0]["final_test_acc"]
+        if method_cls.uses_train_data:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        else:
+            trainer.fit(module, val_dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
+    tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
+    final = tested["final_test_acc"]
+    if teacher_info is not None:
+        teacher_info["test_acc"] = round(float(tested["teacher_test_acc"]), 4)
     best = float(module.best_accuracy.compute()) if method_cls.trains else None
 
     model_file = output_dir / "model.pt"
     if method_cls.trains:
         save_model(module.student, model_file, dataset=datamodule.name, mean=datamodule.mean, std=datamodule.std,
-                   method=cfg.method.name)
+                   method=cfg.method.name, teacher=teacher_info)
         if cfg.method.name == "scratch" and datamodule.m is None and trainer.is_global_zero:
             save_model(module.student, zoo_path(cfg, datamodule.name, arch, cfg.seed), dataset=datamodule.name,
                        mean=datamodule.mean, std=datamodule.std, method=cfg.method.name)
@@ -174,7 +237,7 @@ def execute(cfg: DictConfig) -> dict:
         "m": datamodule.m,
         "seed": cfg.seed,
         "student": {"depth": arch["depth"], "width": arch["width"], "params": module.student_params},
-        "teacher": None,
+        "teacher": teacher_info,
         "test_acc": round(float(final), 4),
         "best_test_acc": None if best is None else round(best, 4),
         "best_test_acc_note": "best of the periodic test-set evaluations (the originals' number); test_acc is the final one",

@@ -47,6 +47,7 @@ class StudentModule(pl.LightningModule):
 
     trains = False
     needs_teacher = False
+    uses_train_data = True
 
     def __init__(self, name: str, student: dict, channels_last: bool = True, compile: bool = False) -> None:
         super().__init__()
@@ -95,3 +96,35 @@ class StudentModule(pl.LightningModule):
         self.final_accuracy.reset()
         self.best_accuracy.update(accuracy)
         self.log("final_test_acc", accuracy, sync_dist=True)
+
+
+class DistillationModule(StudentModule):
+    """A student taught by a frozen teacher: the teacher stays in eval mode, gets no gradients,
+    sits in no optimiser, and its test accuracy is measured next to the student's."""
+
+    needs_teacher = True
+
+    def __init__(self, name: str, student: dict, teacher: torch.nn.Module, channels_last: bool = True,
+                 compile: bool = False) -> None:
+        super().__init__(name, student, channels_last, compile)
+        self.teacher = set_channels_last(teacher, channels_last).eval().requires_grad_(False)
+        self.teacher_accuracy = MulticlassAccuracy(num_classes=student["num_classes"], average="micro")
+        if compile:
+            self.teacher.compile()
+
+    def train(self, mode: bool = True):
+        # Lightning flips every submodule back to train mode after each evaluation;
+        # the teacher must keep its BN running statistics.
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        images, labels = batch
+        self.teacher_accuracy.update(self.teacher(self.to_input(images)), labels)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self.log("teacher_test_acc", self.teacher_accuracy.compute() * 100.0, sync_dist=True)
+        self.teacher_accuracy.reset()

@@ -1,0 +1,198 @@
+"""Zero-shot knowledge transfer (Algorithm 1 of Micaelli & Storkey, 2019), and its modified variant.
+
+No training data: a generator G is trained adversarially to produce images on which the
+student S and the frozen teacher T disagree, and S learns to match T on them.
+
+Per iteration (SPEC section 4):
+  1. draw z ~ N(0, I); x = G(z)
+  2. generator step: loss = -KL(T(x) || S(x)), student toggled off, clip, Adam step
+  3. n_S student steps on the batch `student_batch` chooses; the teacher's logits and
+     attention maps are computed once per batch without gradients;
+     loss = KL + beta * sum AT, clip, Adam step
+  4. both cosine schedules step
+
+`student_batch`:
+  - `pre_update`  (the study's): the x of step 1, detached (made before G's update);
+  - `post_update` (the authors' code): G(z) regenerated with the updated G, same z;
+  - `fresh`       (modified zero-shot): a new z and batch from the updated G for every
+                  student step, each used once.
+
+A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint); the run
+stops after exactly `iterations` iterations through `max_steps` (each iteration makes
+n_G + n_S optimiser steps, which is what `global_step` counts under manual optimisation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from zskt.errors import UserError
+from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
+from zskt.methods.base import DistillationModule, scaled
+from zskt.models.generator import Generator
+
+STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
+
+
+class _Iterations(IterableDataset):
+    """`n` placeholder items: one training "batch" per zero-shot iteration (the data is generated)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ZeroShot(DistillationModule):
+    """Adversarial belief matching between a generator, a student and a frozen teacher."""
+
+    trains = True
+    uses_train_data = False
+
+    def __init__(
+        self,
+        name: str,
+        student: dict,
+        teacher: torch.nn.Module,
+        generator: dict,
+        iterations: int,
+        batch_size: int = 128,
+        n_generator_steps: int = 1,
+        n_student_steps: int = 10,
+        student_lr: float = 2e-3,
+        generator_lr: float = 1e-3,
+        beta: float = 250.0,
+        temperature: float = 1.0,
+        grad_clip: float = 5.0,
+        student_batch: str = "pre_update",
+        eval_every: int = 1000,
+        budget_scale: float = 1.0,
+        noise_seed: int = 0,
+        recipe_iterations: dict | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(name, student, teacher, channels_last, compile)
+        if student_batch not in STUDENT_BATCHES:
+            raise UserError(f"method.student_batch={student_batch} is invalid: choose one of {', '.join(STUDENT_BATCHES)}")
+        for key, value in (("batch_size", batch_size), ("n_generator_steps", n_generator_steps),
+                           ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations)):
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"method.{key}={value} is invalid: use a positive integer")
+        self.save_hyperparameters(ignore=["teacher"])
+        self.automatic_optimization = False
+        self.generator = Generator(**generator)
+        self.total_iterations = scaled(iterations, budget_scale)
+        self.eval_every = min(eval_every, self.total_iterations)
+        self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
+        self.max_steps = self.total_iterations * (n_generator_steps + n_student_steps)
+        self.noise = torch.Generator()
+        check_attention_compatible(self.student, self.teacher)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def budget(self) -> dict:
+        return {"iterations": self.total_iterations, "budget_scale": self.hparams.budget_scale}
+
+    @property
+    def iteration(self) -> int:
+        """Completed zero-shot iterations (global_step counts optimiser steps)."""
+        hp = self.hparams
+        return self.global_step // (hp.n_generator_steps + hp.n_student_steps)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Iterations(self.eval_every), batch_size=None)
+
+    def setup(self, stage: str) -> None:
+        # every rank draws its own noise (the originals' distributed runs all drew the same)
+        self.noise.manual_seed(self.hparams.noise_seed + self.global_rank)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning saves no RNG state: without this a resumed run draws a different noise stream
+        states = self.all_gather(self.noise.get_state().to(self.device)).cpu()
+        checkpoint["noise_states"] = states if states.dim() == 2 else states[None]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint["noise_states"]
+        self.noise.set_state(states[min(self.global_rank, len(states) - 1)].to(torch.uint8).clone())
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_s = torch.optim.Adam(self.student.parameters(), lr=hp.student_lr)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr)
+        # cosine annealing to 0 over the run, stepped once per iteration
+        sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=self.total_iterations)
+        sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=self.total_iterations)
+        return [opt_s, opt_g], [sched_s, sched_g]
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def draw_noise(self) -> Tensor:
+        """z ~ N(0, I) from the run's own (checkpointed) random stream."""
+        z = torch.randn(self.hparams.batch_size, self.hparams.generator["z_dim"], generator=self.noise)
+        return z.to(self.device)
+
+    def generate(self, z: Tensor) -> Tensor:
+        return self.to_input(self.generator(z))
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        hp = self.hparams
+        opt_s, opt_g = self.optimizers()
+        sched_s, sched_g = self.lr_schedulers()
+
+        # 1. z ~ N(0, I), x = G(z)
+        z = self.draw_noise()
+
+        # 2. generator step(s): maximise the disagreement; no student weight gradients
+        with self.toggled_optimizer(opt_g):
+            for _ in range(hp.n_generator_steps):
+                x = self.generate(z)
+                teacher_logits = self.teacher(x)
+                student_logits = self.student(x)
+                loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
+                opt_g.zero_grad()
+                self.manual_backward(loss_g)
+                self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+                opt_g.step()
+        x_pre_update = x.detach()
+
+        # 3. student steps: match the teacher on generated batches, never back-propagating into G
+        for step in range(hp.n_student_steps):
+            if step == 0 or hp.student_batch == "fresh":
+                x_s = self.student_batch(z, x_pre_update)
+                with torch.no_grad():
+                    t_logits, t_features = self.teacher(x_s, return_features=True)
+            s_logits, s_features = self.student(x_s, return_features=True)
+            loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
+            opt_s.zero_grad()
+            self.manual_backward(loss_s)
+            self.clip_gradients(opt_s, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            opt_s.step()
+
+        # 4. both cosine schedules
+        sched_s.step()
+        sched_g.step()
+
+        self.log_iteration(loss_g, loss_s, teacher_logits.detach(), student_logits.detach())
+
+    def student_batch(self, z: Tensor, x_pre_update: Tensor) -> Tensor:
+        """The batch the student trains on next, per `student_batch` (see the module docstring)."""
+        mode = self.hparams.student_batch
+        if mode == "pre_update":
+            return x_pre_update
+        with torch.no_grad():
+            return self.generate(z if mode == "post_update" else self.draw_noise())
+
+    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
+        # tensors go to self.log as they are: Lightning reads them only at logging intervals
+        self.log("train/generator_loss", loss_g, prog_bar=True, batch_size=1)
+        self.log("train/student_loss", loss_s, prog_bar=True, batch_size=1)
+        self.log("train/teacher_max_prob", teacher_logits.float().softmax(1).amax(1).mean(), batch_size=1)
+        self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
+        self.log("train/iteration", float(self.iteration + 1), batch_size=1)
