@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,12 @@ from zskt.models.wide_resnet import count_parameters
 
 log = logging.getLogger("zskt")
 register_resolvers()
+
+# Lightning notices that are expected here and would only alarm users:
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")  # zero-shot iterations
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")  # frozen teachers
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # tiny few-shot epochs
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RUN_CONFIG = "run_config.yaml"
@@ -51,7 +58,9 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     if cfg.resume and not _is_multirun():
         raise UserError(f"resume=true but {output_dir} holds no run to resume: pass hydra.run.dir=<an earlier run dir>")
     try:
-        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        # the `hydra` node (present when composed with the compose API) is Hydra's, not the run's
+        own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        resolved = OmegaConf.create(OmegaConf.to_container(own, resolve=True, throw_on_missing=True))
     except MissingMandatoryValue as err:
         raise UserError(f"{err.full_key} must be set: add {err.full_key}=... to the command") from None
     except OmegaConfBaseException as err:

@@ -1,0 +1,249 @@
+"""Zero-shot transfer: iteration bookkeeping, losses against hand-computed values, clipping,
+exact resume, safe checkpoints, a frozen teacher, the demo, and DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+import zskt.run
+from zskt.checkpoints import load_model
+from zskt.models import Generator, WideResNet
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true", "dataset=digits"]
+
+
+def compose_cfg(tmp: Path, overrides: list[str]):
+    """The run config for `overrides`, its outputs under `tmp`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"hydra.run.dir={tmp / 'run'}", f"paths.output_dir={tmp / 'run'}", f"paths.outputs={tmp / 'outputs'}", *FAST, *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher_zoo(tmp_path_factory) -> Path:
+    """A small digits teacher (WRN-10-2) trained once, in a model zoo the tests share."""
+    root = tmp_path_factory.mktemp("zoo")
+    cfg = compose_cfg(root, ["method=scratch", "student.depth=10", "student.width=2", "method.epochs=3"])
+    results = zskt.run.execute(cfg)
+    assert results["test_acc"] > 80.0
+    return root / "outputs" / "models"
+
+
+def zero_shot_overrides(zoo: Path, *extra: str) -> list[str]:
+    return [
+        "method=zero_shot", "student.depth=10", "teacher.depth=10", "teacher.width=2", f"paths.models={zoo}",
+        "method.batch_size=16", "method.n_student_steps=2", "method.eval_every=2", *extra,
+    ]
+
+
+def tensors_equal(a: dict, b: dict, prefix: str = "") -> bool:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys and set(keys) == {k for k in b if k.startswith(prefix)}
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_runs_exact_iterations_and_keeps_teacher_frozen(tmp_path, teacher_zoo):
+    teacher_before, _ = load_model(teacher_zoo / "digits" / "wrn-10-2-seed0.pt")
+    cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=3"))
+    results = zskt.run.execute(cfg)
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    # 1 generator + 2 student optimiser steps per iteration; 3 iterations, the last "epoch" shorter
+    assert ckpt["global_step"] == 3 * (1 + 2)
+    assert results["budget"] == {"iterations": 3, "budget_scale": 1.0}
+    state = ckpt["state_dict"]
+    teacher_state = {f"teacher.{k}": v for k, v in teacher_before.state_dict().items()}
+    assert tensors_equal(state, teacher_state, "teacher.")  # weights and BN buffers untouched
+    fresh_generator = Generator()
+    torch.manual_seed(0)
+    assert not torch.equal(state["generator.fc.weight"], fresh_generator.fc.weight)
+    student_after, _ = load_model(tmp_path / "run" / "model.pt")
+    assert results["teacher"]["test_acc"] > 80.0
+    assert 0.0 <= results["test_acc"] <= 100.0
+    assert student_after.arch == {"depth": 10, "width": 1, "num_classes": 10}
+
+
+class _RecordGradNorms(pl.Callback):
+    """Global gradient norm of each optimiser at the moment it steps (after our clipping)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path, teacher_zoo, monkeypatch):
+    recorder = _RecordGradNorms()
+    original = zskt.run.build_callbacks
+    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), recorder])
+    clip = 1e-3  # far below the raw gradient norms of a fresh network
+    zskt.run.execute(compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=2",
+                                                               f"method.grad_clip={clip}")))
+    assert len(recorder.norms) == 2 * 3
+    assert max(recorder.norms) <= clip * (1 + 1e-4)
+    assert min(recorder.norms) > clip * 0.99  # every step really was clipped down to the cap
+
+
+def _hand_kl(student_logits, teacher_logits):
+    """KL(t || s) summed over classes and batch, divided by batch * classes."""
+    t = teacher_logits.softmax(1)
+    return (t * (teacher_logits.log_softmax(1) - student_logits.log_softmax(1))).sum() / teacher_logits.numel()
+
+
+def _hand_attention(a):
+    q = a.pow(2).mean(1).flatten(1)
+    return q / q.norm(dim=1, keepdim=True)
+
+
+def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, monkeypatch):
+    captured = {}
+    original = zskt.run.build_callbacks
+
+    class Capture(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            captured["student"] = {k: v.clone() for k, v in pl_module.student.state_dict().items()}
+            captured["generator"] = {k: v.clone() for k, v in pl_module.generator.state_dict().items()}
+            captured["teacher"] = pl_module.teacher
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if "g_loss" not in captured:
+                captured["g_loss"] = float(trainer.callback_metrics["train/generator_loss"])
+                captured["s_loss"] = float(trainer.callback_metrics["train/student_loss"])
+
+    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), Capture()])
+    cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=1", "method.n_student_steps=1",
+                                                    "trainer.log_every_n_steps=1", "seed=3"))
+    zskt.run.execute(cfg)
+
+    student = WideResNet(10, 1, 10)
+    student.load_state_dict(captured["student"])
+    generator = Generator()
+    generator.load_state_dict(captured["generator"])
+    teacher = captured["teacher"]
+    z = torch.randn(16, 100, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x = generator.train()(z)
+        t_logits, t_feats = teacher(x, return_features=True)
+        s_logits, s_feats = student.train()(x, return_features=True)
+    assert captured["g_loss"] == pytest.approx(-float(_hand_kl(s_logits, t_logits)), rel=1e-4, abs=1e-6)
+    at = sum(((_hand_attention(s) - _hand_attention(t)) ** 2).mean() for s, t in zip(s_feats, t_feats))
+    expected = float(_hand_kl(s_logits, t_logits) + 250.0 * at)
+    assert captured["s_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+class _KillAtEpoch(pl.Callback):
+    """Simulate a killed job: fail at the start of epoch `epoch` (after the previous checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated kill")
+
+
+@pytest.mark.parametrize("student_batch", ["pre_update", "fresh"])
+def test_resume_is_bit_identical(tmp_path, teacher_zoo, monkeypatch, student_batch):
+    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", f"method.student_batch={student_batch}")
+    straight = zskt.run.execute(compose_cfg(tmp_path / "a", overrides))
+
+    original = zskt.run.build_callbacks
+    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), _KillAtEpoch(1)])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        zskt.run.execute(compose_cfg(tmp_path / "b", overrides))
+    monkeypatch.setattr(zskt.run, "build_callbacks", original)
+    assert not (tmp_path / "b" / "run" / "results.json").exists()
+    resumed = zskt.run.execute(compose_cfg(tmp_path / "b", ["resume=true"]))
+
+    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4 * 3
+    assert tensors_equal(a["state_dict"], b["state_dict"], "student.")
+    assert tensors_equal(a["state_dict"], b["state_dict"], "generator.")
+    assert torch.equal(a["noise_states"], b["noise_states"])
+    assert resumed["test_acc"] == straight["test_acc"]
+
+
+def test_resume_without_checkpoint_is_one_line_error(tmp_path, capsys):
+    cfg = compose_cfg(tmp_path, ["method=zero_shot", "resume=true"])
+    with pytest.raises(SystemExit) as exit_info:
+        zskt.run.run(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zskt: error: resume=true")
+
+
+def test_missing_teacher_prints_the_command_that_trains_it(tmp_path, capsys):
+    cfg = compose_cfg(tmp_path, ["method=zero_shot", "teacher.depth=16", "teacher.width=2"])
+    with pytest.raises(SystemExit) as exit_info:
+        zskt.run.run(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "python -m zskt.run method=scratch dataset=digits student.depth=16 student.width=2 seed=0" in err[0]
+
+
+def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
+    demo = compose_cfg(tmp_path, ["experiment=demo"])
+    assert demo.method.name == "zero_shot" and demo.dataset.name == "digits"
+    assert demo.teacher.train_if_missing and (demo.teacher.depth, demo.teacher.width) == (16, 2)
+    paper = compose_cfg(tmp_path, ["method=zero_shot", "dataset=cifar10"])
+    assert paper.method.iterations == 80000 and paper.method.batch_size == 128
+    assert paper.method.n_student_steps == 10 and paper.method.beta == 250.0
+    assert compose_cfg(tmp_path, ["method=zero_shot", "dataset=svhn"]).method.iterations == 50000
+    modified = compose_cfg(tmp_path, ["method=zero_shot_modified"])
+    assert modified.method.iterations == 65000 and modified.method.student_batch == "fresh"
+
+
+def test_short_demo_learns_above_chance(tmp_path):
+    cfg = compose_cfg(tmp_path, ["experiment=demo", "teacher.depth=10", "teacher.epochs=3",
+                                 "student.depth=10", "method.iterations=30", "method.eval_every=30"])
+    results = zskt.run.execute(cfg)
+    assert results["teacher"]["test_acc"] > 80.0
+    assert results["test_acc"] > 30.0  # chance is 10 %
+
+
+class _RecordRankNoise(pl.Callback):
+    """Each rank saves its first noise draw and its final student parameters."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        state = pl_module.noise.get_state()
+        self.first_z = pl_module.draw_noise().cpu()
+        pl_module.noise.set_state(state)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        params = {k: v.detach().cpu().clone() for k, v in pl_module.student.named_parameters()}
+        torch.save({"z": self.first_z, "params": params}, Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_draw_different_noise_and_agree_on_the_student(tmp_path, teacher_zoo, monkeypatch):
+    original = zskt.run.build_callbacks
+    recorder = _RecordRankNoise(str(tmp_path))
+    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), recorder])
+    cfg = compose_cfg(tmp_path, zero_shot_overrides(
+        teacher_zoo, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+        "trainer.strategy.start_method=spawn", "trainer.strategy.process_group_backend=gloo", "method.iterations=2",
+        "callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true"))
+    zskt.run.execute(cfg)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(rank0["z"], rank1["z"])
+    assert all(torch.equal(rank0["params"][k], rank1["params"][k]) for k in rank0["params"])
