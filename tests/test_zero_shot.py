@@ -128,7 +128,7 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, mo
 
     monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), Capture()])
     cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=1", "method.n_student_steps=1",
-                                                    "trainer.log_every_n_steps=1", "seed=3"))
+                                                    "trainer.log_every_n_steps=1", "seed=3", "teacher.seed=0"))
     zskt.run.execute(cfg)
 
     student = WideResNet(10, 1, 10)
@@ -211,12 +211,15 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     assert modified.method.iterations == 65000 and modified.method.student_batch == "fresh"
 
 
-def test_short_demo_learns_above_chance(tmp_path):
-    cfg = compose_cfg(tmp_path, ["experiment=demo", "teacher.depth=10", "teacher.epochs=3",
-                                 "student.depth=10", "method.iterations=30", "method.eval_every=30"])
+def test_short_demo_learns_above_chance(tmp_path, teacher_zoo):
+    # the demo's recipe at a sixth of its length, from the shared small teacher
+    cfg = compose_cfg(tmp_path, ["experiment=demo", "teacher.depth=10", f"paths.models={teacher_zoo}",
+                                 "student.depth=10", "method.iterations=50", "method.batch_size=32",
+                                 "method.eval_every=50"])
     results = zskt.run.execute(cfg)
     assert results["teacher"]["test_acc"] > 80.0
-    assert results["test_acc"] > 30.0  # chance is 10 %
+    # chance is 10 %; a guesser exceeds 14.5 % on these 359 test images with p < 0.002 (3 sd)
+    assert results["test_acc"] > 14.5
 
 
 class _RecordRankNoise(pl.Callback):

@@ -41,3 +41,35 @@ class GeneratorSamples(pl.Callback):
         logger.experiment.add_image("generator/samples", grid, step)
         logger.experiment.add_histogram("generator/teacher_classes", classes.cpu(), step,
                                         bins=np.arange(pl_module.teacher.num_classes + 1) - 0.5)
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss."""
+
+
+class DivergenceGuard(pl.Callback):
+    """Stop a run whose logged training losses turn non-finite.
+
+    Checked every `check_every_n_steps` batches (a check syncs the device, so not every
+    step) and at every epoch end, before the epoch's checkpoint is written: the last
+    checkpoint on disk is always a good one.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        self.check_every_n_steps = check_every_n_steps
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train/") and name.endswith("loss") and not torch.isfinite(value).all():
+                where = f"epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.completed}"
+                iteration = getattr(trainer.lightning_module, "iteration", None)
+                if iteration is not None and hasattr(trainer.lightning_module, "total_iterations"):
+                    where = f"iteration {iteration}"
+                raise Diverged(f"{name} became {float(value)} at {where}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
 from zskt.errors import UserError
@@ -57,7 +58,12 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
 
 def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
     """Write `data` as indented JSON, atomically."""
-    _atomic_write(path, lambda h: h.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write_text(json.dumps(data, indent=2) + "\n", path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file, atomically."""
+    _atomic_write(path, lambda h: h.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -179,3 +185,10 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a kill during a save leaves the previous file whole."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)

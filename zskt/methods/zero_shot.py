@@ -17,9 +17,9 @@ Per iteration (SPEC section 4):
   - `fresh`       (modified zero-shot): a new z and batch from the updated G for every
                   student step, each used once.
 
-A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint); the run
-stops after exactly `iterations` iterations through `max_steps` (each iteration makes
-n_G + n_S optimiser steps, which is what `global_step` counts under manual optimisation).
+A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint), the last
+one just the remainder, so the run stops after exactly `iterations` iterations. Under manual
+optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from zskt.errors import UserError
 from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
@@ -36,19 +36,6 @@ from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
-
-
-class _Iterations(IterableDataset):
-    """`n` placeholder items: one training "batch" per zero-shot iteration (the data is generated)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __iter__(self):
-        return iter(range(self.n))
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class ZeroShot(DistillationModule):
@@ -93,7 +80,6 @@ class ZeroShot(DistillationModule):
         self.total_iterations = scaled(iterations, budget_scale)
         self.eval_every = min(eval_every, self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
-        self.max_steps = self.total_iterations * (n_generator_steps + n_student_steps)
         self.noise = torch.Generator()
         check_attention_compatible(self.student, self.teacher)
 
@@ -107,8 +93,15 @@ class ZeroShot(DistillationModule):
         hp = self.hparams
         return self.global_step // (hp.n_generator_steps + hp.n_student_steps)
 
+    def trainer_limits(self) -> dict:
+        # the loader is rebuilt every epoch so the last one holds just the remaining iterations
+        return {**super().trainer_limits(), "check_val_every_n_epoch": 1, "reload_dataloaders_every_n_epochs": 1}
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Iterations(self.eval_every), batch_size=None)
+        # one placeholder item per iteration (the data is generated); under DDP Lightning
+        # shards it across ranks, so every rank runs the same number of iterations
+        remaining = self.total_iterations - self.iteration
+        return DataLoader(range(min(self.eval_every, remaining) * self.trainer.world_size), batch_size=None)
 
     def setup(self, stage: str) -> None:
         # every rank draws its own noise (the originals' distributed runs all drew the same)

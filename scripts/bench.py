@@ -1,0 +1,272 @@
+"""Speed benchmark of zskt's training loops, written as JSON.
+
+Times one zero-shot iteration (1 generator + n_S student steps, the package's real
+LightningModule under a real Trainer) with the package's default speed switches for this
+machine and, in the same run, with every switch off (fp32, NCHW, no compile); the same
+iteration at several batch sizes; a scratch-training epoch end to end (in-memory uint8 data,
+batched augmentation, Trainer) next to the model-only step rate; achieved GFLOP/s (FLOPs
+counted by torch.utils.flop_counter) next to this machine's measured matmul peak.
+
+Each measurement runs in its own subprocess, so peak memory is per configuration.
+
+    python scripts/bench.py --teacher 40-2 --student 16-1 --batch-size 128 \\
+        --iterations 3 --warmup 1 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_arch(text: str) -> tuple[int, int]:
+    depth, width = text.split("-")
+    return int(depth), int(width)
+
+
+# ---------------------------------------------------------------------------- measurements (in a subprocess)
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_zero_shot(spec: dict) -> dict:
+    """Seconds per zero-shot iteration (median over the timed ones) under one setting."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zskt.methods.zero_shot import ZeroShot
+    from zskt.models import WideResNet
+
+    t_depth, t_width = spec["teacher"]
+    s_depth, s_width = spec["student"]
+    times: list[float] = []
+
+    class IterationTimer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            _sync()
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            _sync()
+            times.append(time.perf_counter() - self.start)
+
+    def build(iterations: int) -> ZeroShot:
+        return ZeroShot(
+            name="zero_shot", student={"depth": s_depth, "width": s_width, "num_classes": 10},
+            teacher=WideResNet(t_depth, t_width, 10), generator={"z_dim": 100}, iterations=iterations,
+            batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
+            channels_last=spec["channels_last"], compile=spec["compile"],
+        )
+
+    def fit(module: ZeroShot, callbacks: list) -> None:
+        trainer = pl.Trainer(
+            accelerator="auto", devices=1, precision=spec["precision"], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
+            **module.trainer_limits(),
+        )
+        trainer.fit(module)
+
+    fit(build(spec["warmup"] + spec["iterations"]), [IterationTimer()])
+    seconds = statistics.median(times[spec["warmup"]:])
+    peak = _peak_memory_mb()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fit(build(1), [])
+    flops = counter.get_total_flops()
+    return {
+        "precision": spec["precision"], "channels_last": spec["channels_last"], "compile": spec["compile"],
+        "batch_size": spec["batch_size"], "seconds_per_iteration": round(seconds, 4),
+        "peak_memory_mb": round(peak, 1), "gflop_per_iteration": round(flops / 1e9, 2),
+        "gflops_achieved": round(flops / 1e9 / seconds, 1),
+    }
+
+
+def measure_scratch(spec: dict) -> dict:
+    """One scratch-training epoch end to end vs the model-only step rate, same module and settings."""
+    import pytorch_lightning as pl
+    import torch
+    import torch.nn.functional as F
+
+    from zskt.data.augment import normalize
+    from zskt.data.datamodule import ImageDataModule
+    from zskt.data.sources import ImageTensors
+    from zskt.methods.scratch import Scratch
+
+    depth, width = spec["student"]
+    n, bs = spec["scratch_images"], spec["batch_size"]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    split = ImageTensors(images, labels, [str(i) for i in range(10)])
+    datamodule = ImageDataModule.from_tensors(split, split, batch_size=bs, augment=True,
+                                              mean=[0.5] * 3, std=[0.25] * 3)
+
+    def module() -> Scratch:
+        return Scratch(name="scratch", student={"depth": depth, "width": width, "num_classes": 10}, m=None,
+                       full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
+
+    # model only: the same forward/backward/SGD step on one resident, normalised batch
+    model = module()
+    device = _device()
+    model.to(device)
+    optimizer = model.configure_optimizers()["optimizer"]
+    x = model.to_input(normalize(images[:bs], [0.5] * 3, [0.25] * 3).to(device))
+    y = labels[:bs].to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
+    steps = max(3, min(20, n // bs))
+    for i in range(steps + 2):
+        if i == 2:
+            _sync()
+            start = time.perf_counter()
+        with autocast:
+            loss = F.cross_entropy(model.student(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _sync()
+    model_only = steps * bs / (time.perf_counter() - start)
+
+    # end to end: Trainer, loader, on-device augmentation, one full epoch (after a warm-up epoch)
+    epoch_times: list[float] = []
+
+    class EpochTimer(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            _sync()
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            _sync()
+            epoch_times.append(time.perf_counter() - self.start)
+
+    trainer = pl.Trainer(accelerator="auto", devices=1, precision=spec["precision"], max_epochs=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[EpochTimer()])
+    trainer.fit(module(), datamodule=datamodule)
+    end_to_end = n / epoch_times[-1]
+    return {
+        "images": n, "batch_size": bs, "epoch_seconds": round(epoch_times[-1], 2),
+        "images_per_second_end_to_end": round(end_to_end, 1),
+        "images_per_second_model_only": round(model_only, 1),
+        "end_to_end_fraction_of_model_only": round(end_to_end / model_only, 3),
+    }
+
+
+def measure_matmul_peak(_: dict) -> dict:
+    """TFLOP/s of a large square matmul in fp32 and bf16 on the benchmark's device."""
+    import torch
+
+    device, size, result = _device(), 4096 if torch.cuda.is_available() else 2048, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        torch.mm(a, b)
+        _sync()
+        reps, start = 5, time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        _sync()
+        result[f"{str(dtype).split('.')[-1]}_gflops"] = round(2 * size**3 * reps / (time.perf_counter() - start) / 1e9, 1)
+    return result
+
+
+MEASUREMENTS = {"zero_shot": measure_zero_shot, "scratch": measure_scratch, "matmul": measure_matmul_peak}
+
+
+def run_isolated(kind: str, spec: dict) -> dict:
+    """Run one measurement in a fresh interpreter (clean peak-memory accounting)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--_measure", kind, "--_spec", json.dumps(spec)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if proc.returncode != 0:
+        sys.exit(f"bench: the {kind} measurement failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="40-2", help="teacher WRN as DEPTH-WIDTH (default 40-2)")
+    parser.add_argument("--student", default="16-1", help="student WRN as DEPTH-WIDTH (default 16-1)")
+    parser.add_argument("--batch-size", type=int, default=128, help="generated batch size (default 128)")
+    parser.add_argument("--batch-sizes", default="64,128,256",
+                        help="comma-separated batch sizes for the cost-vs-batch sweep (default 64,128,256; '' skips it)")
+    parser.add_argument("--n-student-steps", type=int, default=10, help="student steps per iteration (default 10)")
+    parser.add_argument("--iterations", type=int, default=3, help="timed zero-shot iterations (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile in the default setting")
+    parser.add_argument("--scratch-images", type=int, default=50000,
+                        help="images in the scratch-epoch measurement (default 50000, CIFAR-10's train set; 0 skips it)")
+    parser.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
+    parser.add_argument("--_measure", help=argparse.SUPPRESS)
+    parser.add_argument("--_spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._measure:
+        print(json.dumps(MEASUREMENTS[args._measure](json.loads(args._spec))))
+        return
+
+    import torch
+
+    from zskt.hardware import best_precision
+
+    default_precision = best_precision()
+    base = {"teacher": parse_arch(args.teacher), "student": parse_arch(args.student), "batch_size": args.batch_size,
+            "n_student_steps": args.n_student_steps, "iterations": args.iterations, "warmup": args.warmup}
+    default = {**base, "precision": default_precision, "channels_last": True, "compile": args.compile}
+    baseline = {**base, "precision": "32-true", "channels_last": False, "compile": False}
+
+    report = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "teacher": args.teacher, "student": args.student, "n_student_steps": args.n_student_steps,
+        "command": " ".join(sys.argv),
+    }
+    print(f"bench: zero-shot iteration, defaults ({default_precision}, channels_last)", file=sys.stderr)
+    report["default"] = run_isolated("zero_shot", default)
+    print("bench: zero-shot iteration, baseline (32-true, NCHW, no compile)", file=sys.stderr)
+    report["baseline"] = run_isolated("zero_shot", baseline)
+    report["speedup"] = round(report["baseline"]["seconds_per_iteration"] / report["default"]["seconds_per_iteration"], 3)
+    sweep = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    report["batch_sweep"] = []
+    for bs in sweep:
+        print(f"bench: zero-shot iteration at batch {bs}", file=sys.stderr)
+        result = report["default"] if bs == args.batch_size else run_isolated("zero_shot", {**default, "batch_size": bs})
+        report["batch_sweep"].append({k: result[k] for k in ("batch_size", "seconds_per_iteration", "peak_memory_mb")})
+    if args.scratch_images > 0:
+        print(f"bench: scratch epoch over {args.scratch_images} in-memory images", file=sys.stderr)
+        report["scratch"] = run_isolated("scratch", {**default, "batch_size": 128, "scratch_images": args.scratch_images})
+    report["matmul_peak"] = run_isolated("matmul", {})
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

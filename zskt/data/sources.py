@@ -1,0 +1,151 @@
+"""Each supported data source, decoded once into in-memory uint8 tensors.
+
+Small 32x32 datasets fit in memory many times over, so every source becomes
+`ImageTensors(images uint8 (N, 3, 32, 32), labels int64 (N,), classes)` and the training
+loop augments whole batches on the device instead of decoding and transforming
+images one by one in worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zskt.errors import UserError
+
+IMAGE_SIZE = 32
+
+
+@dataclass
+class ImageTensors:
+    """A split of a dataset held in memory."""
+
+    images: Tensor  # uint8, (N, 3, 32, 32)
+    labels: Tensor  # int64, (N,)
+    classes: list[str]
+
+
+def _from_hwc(array, labels, classes) -> ImageTensors:
+    images = torch.as_tensor(array).permute(0, 3, 1, 2).contiguous()
+    return ImageTensors(images, torch.as_tensor(labels, dtype=torch.int64), list(classes))
+
+
+def is_image_folder_tree(root: str | os.PathLike | None) -> bool:
+    """True when `root` holds `train/` and `test/` class folders (the ImageFolder layout)."""
+    return root is not None and (Path(root) / "train").is_dir() and (Path(root) / "test").is_dir()
+
+
+def load_cifar10(root: str, split: str, download: bool) -> ImageTensors:
+    """CIFAR-10 through torchvision (its python pickle batches under `root`)."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root, train=split == "train", download=download)
+    except RuntimeError as err:
+        raise UserError(
+            f"CIFAR-10 not found under {root} ({err}): set dataset.download=true, or point "
+            "dataset.root at torchvision's cifar-10-batches-py parent or an ImageFolder tree (train/, test/)"
+        ) from None
+    except OSError as err:
+        raise UserError(
+            f"CIFAR-10 could not be downloaded to {root} ({err}): point dataset.root at a local copy"
+        ) from None
+    return _from_hwc(ds.data, ds.targets, ds.classes)
+
+
+def load_svhn(root: str, split: str, download: bool) -> ImageTensors:
+    """SVHN cropped digits through torchvision (`train_32x32.mat`, `test_32x32.mat` under `root`)."""
+    from torchvision.datasets import SVHN
+
+    try:
+        ds = SVHN(root, split=split, download=download)
+    except RuntimeError as err:
+        raise UserError(
+            f"SVHN not found under {root} ({err}): set dataset.download=true, or point dataset.root "
+            "at a folder with train_32x32.mat/test_32x32.mat or an ImageFolder tree (train/, test/)"
+        ) from None
+    except OSError as err:
+        raise UserError(f"SVHN could not be downloaded to {root} ({err}): point dataset.root at a local copy") from None
+    # torchvision already maps SVHN's label 10 to digit 0
+    return ImageTensors(torch.as_tensor(ds.data), torch.as_tensor(ds.labels, dtype=torch.int64), [str(i) for i in range(10)])
+
+
+def load_digits(split: str, split_seed: int, test_fraction: float) -> ImageTensors:
+    """scikit-learn's bundled 8x8 digits, upscaled to 32x32 RGB, with a fixed seeded split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)
+    images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    n_test = int(round(len(labels) * test_fraction))
+    chosen = order[:n_test] if split == "test" else order[n_test:]
+    chosen = torch.sort(chosen).values
+    return ImageTensors(images[chosen], labels[chosen], [str(i) for i in range(10)])
+
+
+def _folder_signature(files: list[tuple[str, int]], resize: bool) -> str:
+    digest = hashlib.sha1(f"resize={resize}".encode())
+    for path, label in files:
+        stat = os.stat(path)
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: str | None = None) -> ImageTensors:
+    """An ImageFolder split (`root/<split>/<class>/<image>`), decoded once and cached.
+
+    Images must be 32x32 unless `resize` is true. The decoded tensors are cached under
+    `cache_dir` keyed by the files' paths, sizes and times, so a second run starts fast.
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
+
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir} does not exist: dataset.root must hold train/<class>/* and test/<class>/* folders")
+    try:
+        folder = ImageFolder(str(split_dir))
+    except FileNotFoundError as err:
+        raise UserError(f"{split_dir} holds no usable images ({err}): every class folder needs image files") from None
+    empty = [c for c in folder.classes if folder.targets.count(folder.class_to_idx[c]) == 0]
+    if empty:
+        raise UserError(f"class folder(s) {', '.join(empty)} under {split_dir} hold no images: add images or remove them")
+
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:12]
+        cache_file = Path(cache_dir) / f"imagefolder-{key}-{split}-{_folder_signature(folder.samples, resize)}.pt"
+        if cache_file.is_file():
+            cached = torch.load(cache_file, weights_only=True)
+            return ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
+
+    images = torch.empty((len(folder.samples), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    for i, (path, _) in enumerate(folder.samples):
+        try:
+            image = decode_image(path, mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise UserError(f"{path} is not a readable image ({err}): remove it from the dataset folder") from None
+        if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+            if not resize:
+                raise UserError(
+                    f"{path} is {image.shape[2]}x{image.shape[1]}, not {IMAGE_SIZE}x{IMAGE_SIZE}: "
+                    "resize the images or pass dataset.resize=true"
+                )
+            image = F.interpolate(image[None].float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                  antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        images[i] = image
+    result = ImageTensors(images, torch.as_tensor(folder.targets, dtype=torch.int64), list(folder.classes))
+    if cache_file is not None:
+        from zskt.checkpoints import atomic_torch_save
+
+        atomic_torch_save({"images": result.images, "labels": result.labels, "classes": result.classes}, cache_file)
+    return result
