@@ -8,39 +8,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
 import zskt.run
+from zskt_test_helpers import compose_run_config as compose_cfg
 from zskt.checkpoints import load_model
 from zskt.models import Generator, WideResNet
-
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
-FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true", "dataset=digits"]
-
-
-def compose_cfg(tmp: Path, overrides: list[str]):
-    """The run config for `overrides`, its outputs under `tmp`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"hydra.run.dir={tmp / 'run'}", f"paths.output_dir={tmp / 'run'}", f"paths.outputs={tmp / 'outputs'}", *FAST, *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def teacher_zoo(tmp_path_factory) -> Path:
-    """A small digits teacher (WRN-10-2) trained once, in a model zoo the tests share."""
-    root = tmp_path_factory.mktemp("zoo")
-    cfg = compose_cfg(root, ["method=scratch", "student.depth=10", "student.width=2", "method.epochs=3"])
-    results = zskt.run.execute(cfg)
-    assert results["test_acc"] > 80.0
-    return root / "outputs" / "models"
 
 
 def zero_shot_overrides(zoo: Path, *extra: str) -> list[str]:

@@ -98,8 +98,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "it needs arbitrary unpickling"
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({first[:160]}): re-save it as a plain state dict") from None
+        if "global" not in str(err).lower():  # not refused for its content: the bytes are broken
+            raise UserError(f"checkpoint {path} is truncated or corrupt (it does not unpickle): "
+                            "re-create or re-download it") from None
+        refused = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), "")
+        raise UserError(f"checkpoint {path} needs arbitrary unpickling to load ({refused[:160]}): "
+                        "re-save it as a plain state dict") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:160]}): re-create or re-download it") from None

@@ -23,7 +23,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from zskt.checkpoints import atomic_write_json, load_model, save_model
+from zskt.callbacks import Diverged
+from zskt.checkpoints import atomic_write_json, atomic_write_text, load_model, save_model
 from zskt.errors import UserError
 from zskt.hardware import register_resolvers
 from zskt.models.wide_resnet import count_parameters
@@ -104,19 +105,14 @@ def build_callbacks(cfg: DictConfig, checkpoint_every: int) -> list[pl.Callback]
 
 
 def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
-    max_epochs = getattr(module, "max_epochs", 1)
-    eval_every = getattr(module, "eval_every", 1)
-    # zero-shot "epochs" are blocks of eval_every iterations: one evaluation and checkpoint each
-    period = 1 if not module.uses_train_data else eval_every
+    limits = module.trainer_limits()
     return _instantiate(
         cfg.trainer,
         "trainer",
-        max_steps=getattr(module, "max_steps", -1),
         logger=_instantiate(cfg.logger, "logger"),
-        callbacks=build_callbacks(cfg, period),
-        max_epochs=max_epochs,
-        check_val_every_n_epoch=period,
+        callbacks=build_callbacks(cfg, limits["check_val_every_n_epoch"]),
         default_root_dir=cfg.paths.output_dir,
+        **limits,
     )
 
 
@@ -164,6 +160,17 @@ def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, di
     return model.eval().requires_grad_(False), info
 
 
+def recorded_teacher(raw: DictConfig, cfg: DictConfig, student_meta: dict | None) -> str | None:
+    """The teacher a starting student (student.checkpoint) was distilled from, as its model.pt records it;
+    None when there is none or the user chose one (on resume, the saved config holds the first choice)."""
+    recorded = ((student_meta or {}).get("teacher") or {}).get("checkpoint")
+    if not recorded or cfg.resume or not OmegaConf.is_interpolation(raw.teacher, "checkpoint"):
+        return None
+    if not Path(recorded).is_file():
+        raise UserError(f"teacher {recorded}, recorded in {cfg.student.checkpoint}, does not exist: pass teacher.checkpoint=PATH")
+    return recorded
+
+
 # ---------------------------------------------------------------------------- the run
 def execute(raw: DictConfig) -> dict:
     """Run one configured job and return its results (also written to results.json)."""
@@ -190,6 +197,7 @@ def execute(raw: DictConfig) -> dict:
     if method_cls.trains and method_cls.uses_train_data:
         extra["m"] = datamodule.m
     if method_cls.needs_teacher:
+        cfg.teacher.checkpoint = recorded_teacher(raw, cfg, initial_meta) or cfg.teacher.checkpoint
         if not Path(cfg.teacher.checkpoint).is_file() and cfg.teacher.train_if_missing:
             print(f"zskt: teacher {cfg.teacher.checkpoint} is missing; training it first ({teacher_training_command(cfg)})")
             trained = execute(teacher_config(raw))
@@ -210,7 +218,8 @@ def execute(raw: DictConfig) -> dict:
         module.student.load_state_dict(initial.state_dict())
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    if not cfg.resume:
+        atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
     trainer = build_trainer(cfg, module)
 
     if method_cls.trains:
@@ -221,10 +230,13 @@ def execute(raw: DictConfig) -> dict:
                 ckpt_path = str(last)
             elif not _is_multirun():
                 raise UserError(f"resume=true but {last} does not exist: the run never reached its first checkpoint; start it again")
-        if method_cls.uses_train_data:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        else:
-            trainer.fit(module, val_dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
+        try:
+            if method_cls.uses_train_data:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            else:
+                trainer.fit(module, val_dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
+        except Diverged as err:
+            return report_divergence(cfg, output_dir, str(err), time.perf_counter() - start)
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
     final = tested["final_test_acc"]
     if teacher_info is not None:
@@ -254,11 +266,24 @@ def execute(raw: DictConfig) -> dict:
         "wall_time_s": round(time.perf_counter() - start, 2),
         "model": "model.pt" if method_cls.trains else cfg.student.checkpoint,
         "precision": str(trainer.precision),
+        **module.extra_results(),
     }
     if trainer.is_global_zero:
         atomic_write_json(results, results_file)
     best_text = "" if best is None else f" (best of evaluations {best:.2f}%)"
     print(f"zskt: {cfg.method.name} on {datamodule.name}: final test accuracy {final:.2f}%{best_text}; results in {output_dir}")
+    return results
+
+
+def report_divergence(cfg: DictConfig, output_dir: Path, message: str, seconds: float) -> dict:
+    """Record a diverged run in results.json; a single run then exits with status 1, a sweep goes on."""
+    results = {"status": "diverged", "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+               "message": message, "last_good_checkpoint": "checkpoints/last.ckpt", "wall_time_s": round(seconds, 2)}
+    atomic_write_json(results, output_dir / RESULTS)
+    print(f"zskt: {cfg.method.name} diverged: {message}; the last good checkpoint is {output_dir}/checkpoints/last.ckpt",
+          file=sys.stderr)
+    if not _is_multirun():
+        sys.exit(1)
     return results
 
 
@@ -276,5 +301,32 @@ def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def check_overrides(args: list[str]) -> None:
+    """Compose the config from the command line once before Hydra does, so an unknown option or key
+    is one line and exit status 2 instead of Hydra's multi-line report. Sweeps are left to Hydra."""
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args) or not args:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name="config", overrides=args)
+    except MissingConfigException as err:
+        group = Path(str(err.missing_cfg_file or "")).parent.name or "option"
+        options = ", ".join(err.options or [])
+        raise UserError(f"unknown {group} '{Path(str(err.missing_cfg_file)).name}': choose one of {options}") from None
+    except Exception as err:  # Hydra's override and composition errors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        raise UserError(f"{lines[0] if lines else type(err).__name__}{cause}: fix the override "
+                        "(new keys need a leading +)") from None
+
+
 if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except UserError as error:
+        print(f"zskt: error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

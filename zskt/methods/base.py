@@ -75,6 +75,14 @@ class StudentModule(pl.LightningModule):
         """The training length, for results.json."""
         return {}
 
+    def extra_results(self) -> dict:
+        """Method-specific entries merged into results.json (e.g. a fine-tune's starting accuracy)."""
+        return {}
+
+    def trainer_limits(self) -> dict:
+        """Trainer arguments that follow from this method's budget: length and evaluation period."""
+        return {"max_epochs": getattr(self, "max_epochs", 1), "check_val_every_n_epoch": getattr(self, "eval_every", 1)}
+
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

@@ -1,6 +1,12 @@
-"""Supervised training of a WRN: teachers and full-data students, or the no-teacher few-shot baseline."""
+"""Supervised training of a WRN: teachers and full-data students, or the no-teacher few-shot baseline.
+
+The recipe (SGD with Nesterov momentum, the learning rate divided at fixed fractions of the
+epochs, epochs stretched for few-shot sets) is shared with KD+AT through `SGDTrained`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -8,42 +14,64 @@ import torch.nn.functional as F
 from zskt.methods.base import StudentModule, epoch_budget, evaluation_period
 
 
-class Scratch(StudentModule):
-    """Cross-entropy, SGD with Nesterov momentum, learning rate divided at fixed fractions of training.
+@dataclass(frozen=True)
+class SGDRecipe:
+    """The supervised recipe of SPEC section 4 (defaults in conf/method/scratch.yaml).
 
     `recipe_epochs` is the per-dataset table `full_epochs` is looked up in (kept in the
     hyperparameters as a record of the recipe).
     """
 
-    trains = True
+    full_epochs: int
+    epochs: int | None = None
+    recipe_epochs: dict | None = None
+    reference_m: int = 5000
+    budget_scale: float = 1.0
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    gamma: float = 0.2
+    evaluations: int = 20
 
-    def __init__(
-        self,
-        name: str,
-        student: dict,
-        m: int | None,
-        full_epochs: int,
-        epochs: int | None = None,
-        recipe_epochs: dict | None = None,
-        reference_m: int = 5000,
-        budget_scale: float = 1.0,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        weight_decay: float = 5e-4,
-        milestones: tuple[float, ...] = (0.3, 0.6, 0.8),
-        gamma: float = 0.2,
-        evaluations: int = 20,
-        channels_last: bool = True,
-        compile: bool = False,
-    ) -> None:
-        super().__init__(name, student, channels_last, compile)
-        self.save_hyperparameters()
-        self.max_epochs = epoch_budget(epochs, full_epochs, m, reference_m, budget_scale)
-        self.eval_every = evaluation_period(self.max_epochs, evaluations)
+
+class SGDTrained:
+    """Mixin for a student module trained with an `SGDRecipe`: its length, evaluation period,
+    optimiser and schedule. Call `use_recipe` in `__init__`."""
+
+    recipe: SGDRecipe
+    student: torch.nn.Module
+
+    def use_recipe(self, m: int | None, recipe: dict) -> None:
+        """Set the recipe and the training length for M images per class (None: the full set)."""
+        self.recipe = SGDRecipe(**recipe)
+        r = self.recipe
+        self.max_epochs = epoch_budget(r.epochs, r.full_epochs, m, r.reference_m, r.budget_scale)
+        self.eval_every = evaluation_period(self.max_epochs, r.evaluations)
 
     def budget(self) -> dict:
-        return {"epochs": self.max_epochs, "budget_scale": self.hparams.budget_scale}
+        return {"epochs": self.max_epochs, "budget_scale": self.recipe.budget_scale}
+
+    def configure_optimizers(self):
+        r = self.recipe
+        optimizer = torch.optim.SGD(self.student.parameters(), lr=r.lr, momentum=r.momentum,
+                                    nesterov=r.nesterov, weight_decay=r.weight_decay)
+        milestones = sorted({max(1, int(f * self.max_epochs)) for f in r.milestones})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=r.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class Scratch(SGDTrained, StudentModule):
+    """Cross-entropy on the labels, with the SGD recipe (`recipe`: the fields of `SGDRecipe`)."""
+
+    trains = True
+
+    def __init__(self, name: str, student: dict, m: int | None, channels_last: bool = True, compile: bool = False,
+                 **recipe) -> None:
+        super().__init__(name, student, channels_last, compile)
+        self.save_hyperparameters()
+        self.use_recipe(m, recipe)
 
     def training_step(self, batch, batch_idx: int):
         images, labels = batch
@@ -51,11 +79,3 @@ class Scratch(StudentModule):
         loss = F.cross_entropy(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.SGD(self.student.parameters(), lr=hp.lr, momentum=hp.momentum,
-                                    nesterov=hp.nesterov, weight_decay=hp.weight_decay)
-        milestones = sorted({max(1, int(f * self.max_epochs)) for f in hp.milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
