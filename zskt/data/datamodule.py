@@ -13,11 +13,12 @@ from zskt.data import sources
 from zskt.data.augment import normalize, random_crop_flip
 from zskt.data.few_shot import few_shot_indices, parse_m
 from zskt.errors import UserError
+from zskt.rng import PicklableGenerators
 
 DATASETS = ("cifar10", "svhn", "image_folder", "digits")
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
     """Train (or its few-shot subset) and test splits of one dataset.
 
     Batches leave the loader as uint8; `on_after_batch_transfer` augments them on the

@@ -34,11 +34,12 @@ from zskt.errors import UserError
 from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
+from zskt.rng import PicklableGenerators
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
 
 
-class ZeroShot(DistillationModule):
+class ZeroShot(PicklableGenerators, DistillationModule):
     """Adversarial belief matching between a generator, a student and a frozen teacher."""
 
     trains = True
