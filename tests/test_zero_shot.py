@@ -3,6 +3,7 @@ exact resume, safe checkpoints, a frozen teacher, the demo, and DDP."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
+from zskt_test_helpers import run_with_callbacks
+from zskt.losses import kl_divergence
 from zskt.checkpoints import load_model
 from zskt.models import Generator, WideResNet
 
@@ -183,15 +186,31 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     assert modified.method.iterations == 65000 and modified.method.student_batch == "fresh"
 
 
-def test_short_demo_learns_above_chance(tmp_path, teacher_zoo):
-    # the demo's recipe at a sixth of its length, from the shared small teacher
-    cfg = compose_cfg(tmp_path, ["experiment=demo", "teacher.depth=10", f"paths.models={teacher_zoo}",
-                                 "student.depth=10", "method.iterations=50", "method.batch_size=32",
-                                 "method.eval_every=50"])
-    results = zskt.run.execute(cfg)
-    assert results["teacher"]["test_acc"] > 80.0
-    # chance is 10 %; a guesser exceeds 14.5 % on these 359 test images with p < 0.002 (3 sd)
-    assert results["test_acc"] > 14.5
+class _ImitationProbe(pl.Callback):
+    """KL(teacher || student) on one seeded batch from the final generator, for the student as it
+    started and as it ended."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.initial = copy.deepcopy(pl_module.student).eval()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        z = torch.randn(256, pl_module.generator.z_dim, generator=torch.Generator().manual_seed(123))
+        final = copy.deepcopy(pl_module.student).eval()
+        with torch.no_grad():
+            x = pl_module.generate(z)  # the generator as it trains (batch statistics)
+            teacher = pl_module.teacher(x)
+            self.kl = {name: float(kl_divergence(net(x), teacher)) for name, net in
+                       (("initial", self.initial), ("final", final))}
+
+
+def test_student_learns_to_imitate_the_teacher_on_generated_images(tmp_path, teacher_zoo):
+    # the demo's recipe, 30 iterations from the shared small teacher. (Accuracy on the real test
+    # set needs the demo's larger networks and length: the demo itself is measured, not tested.)
+    probe = _ImitationProbe()
+    results = run_with_callbacks(tmp_path, ["experiment=demo", "teacher.depth=10", f"paths.models={teacher_zoo}",
+                                            "student.depth=10", "method.iterations=30", "method.eval_every=30"], [probe])
+    assert results["budget"]["iterations"] == 30 and results["teacher"]["test_acc"] > 80.0
+    assert probe.kl["final"] < 0.25 * probe.kl["initial"], probe.kl
 
 
 class _RecordRankNoise(pl.Callback):

@@ -26,3 +26,15 @@ def compose_run_config(tmp: Path, overrides: list[str]):
         )
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=()) -> dict:
+    """`zskt.run.execute` on `compose_run_config(tmp, overrides)`, with extra Lightning callbacks."""
+    import zskt.run
+
+    original = zskt.run.build_callbacks
+    zskt.run.build_callbacks = lambda cfg, every: [*original(cfg, every), *callbacks]
+    try:
+        return zskt.run.execute(compose_run_config(tmp, overrides))
+    finally:
+        zskt.run.build_callbacks = original
