@@ -1,0 +1,118 @@
+"""Extra-M fine-tuning of a zero-shot student (the paper's "zero-shot + M images" result).
+
+The student starts from a zero-shot model (`student.checkpoint`) and sees M images per class:
+loss (1 - alpha) CE + 2 alpha tau^2 KL(t || s) + lambda * sum over parameter tensors of
+mean |theta - theta_0| (SPEC section 3), Adam with a per-epoch cosine schedule (SPEC section 4).
+The student stays in eval mode throughout: its BN running statistics remain the zero-shot
+ones while the BN affine parameters train.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zskt.errors import UserError
+from zskt.losses import anchor_loss, distillation_loss
+from zskt.methods.base import DistillationModule, epoch_budget, evaluation_period
+from zskt.models.wide_resnet import WideResNet
+
+
+class Finetune(DistillationModule):
+    """Fine-tune a zero-shot student on M images per class, anchored to its starting weights theta_0.
+
+    theta_0 (a frozen copy of the student) and the starting test accuracy are taken when the
+    fit first starts, after `zskt.run` has loaded `student.checkpoint` into the student. They are
+    module state, so they live in the checkpoint and a resumed run keeps the original ones.
+    """
+
+    trains = True
+
+    def __init__(
+        self,
+        name: str,
+        student: dict,
+        teacher: torch.nn.Module,
+        m: int | None,
+        student_checkpoint: str | None,
+        full_epochs: int,
+        epochs: int | None = None,
+        recipe_epochs: dict | None = None,
+        budget_scale: float = 1.0,
+        lr: float = 5e-4,
+        alpha: float = 0.9,
+        temperature: float = 4.0,
+        anchor_weight: float = 1.0,
+        evaluations: int = 20,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(name, student, teacher, channels_last, compile)
+        if m is None:
+            raise UserError("method=finetune trains on M images per class: add dataset.m=M (e.g. dataset.m=100)")
+        if not student_checkpoint:
+            raise UserError("method=finetune starts from a zero-shot student: add student.checkpoint=<its model.pt>")
+        self.save_hyperparameters(ignore=["teacher"])
+        # no few-shot stretching: the recipe's epochs run over the 10*M images whatever M is
+        self.max_epochs = epoch_budget(epochs, full_epochs, None, m, budget_scale)
+        self.eval_every = evaluation_period(self.max_epochs, evaluations)
+        self.theta_0 = WideResNet(**student).requires_grad_(False)
+        self.register_buffer("anchored", torch.tensor(False))
+        self.register_buffer("start_accuracy", torch.tensor(float("nan")))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # BN running statistics stay the zero-shot student's; BN affine parameters still train
+        self.student.eval()
+        self.theta_0.eval()
+        return self
+
+    # ------------------------------------------------------------------ bookkeeping
+    def budget(self) -> dict:
+        return {"epochs": self.max_epochs, "budget_scale": self.hparams.budget_scale}
+
+    def extra_results(self) -> dict:
+        return {"start_test_acc": round(float(self.start_accuracy), 4)}
+
+    def on_fit_start(self) -> None:
+        # Lightning trains in the mode the module is in, and a new module is in train mode:
+        # apply this class's train() (student in eval) before any forward, the first one included
+        self.train()
+        # a resumed run restores theta_0 and the starting accuracy from its checkpoint before
+        # this hook: taking them again would anchor to the resumed weights
+        if bool(self.anchored):
+            return
+        self.theta_0.load_state_dict(self.student.state_dict())
+        self.start_accuracy.fill_(self.current_accuracy())
+        self.anchored.fill_(True)
+
+    def current_accuracy(self) -> float:
+        """The student's accuracy (percent) on the evaluation loader of the attached datamodule, now."""
+        with torch.no_grad(), self.trainer.precision_plugin.val_step_context():
+            for i, (images, labels) in enumerate(self.trainer.datamodule.val_dataloader()):
+                self.validation_step((images.to(self.device), labels.to(self.device)), i)
+        accuracy = float(self.eval_accuracy.compute()) * 100.0
+        self.eval_accuracy.reset()
+        return accuracy
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.student.parameters(), lr=self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ training
+    def anchor_term(self) -> torch.Tensor:
+        """Sum over parameter tensors of mean |theta - theta_0| (0 when the fine-tune starts)."""
+        return anchor_loss(list(self.student.parameters()), list(self.theta_0.parameters()))
+
+    def training_step(self, batch, batch_idx: int):
+        hp = self.hparams
+        images, labels = batch
+        x = self.to_input(images)
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        s_logits = self.student(x)
+        anchor = self.anchor_term()
+        loss = distillation_loss(s_logits, t_logits, labels, hp.alpha, hp.temperature) + hp.anchor_weight * anchor
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/anchor", anchor)
+        return loss
