@@ -1,0 +1,1 @@
+"""Evaluations of trained networks beyond test accuracy (adversarial belief matching)."""
