@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zskt.run
 from zskt.checkpoints import save_model
@@ -47,9 +48,19 @@ def test_sweep_over_m_writes_one_result_per_job(tmp_path):
     results = sorted((json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")),
                      key=lambda r: r["m"])
     assert [r["m"] for r in results] == [2, 3]
-    for job, m in zip(sorted((tmp_path / "sweep").glob("[0-9]*")), (2, 3)):
+    for number, m in enumerate((2, 3), start=1):
+        # each job's dir is named by its overrides (the progress bar's left out), announced as it starts
+        job = tmp_path / "sweep" / f"dataset.m={m},dataset=digits,method.epochs=2,method=scratch,student.depth=10"
+        assert f"zskt: sweep job {number} of 2: method=scratch dataset=digits student.depth=10 method.epochs=2 " \
+               f"dataset.m={m} callbacks.progress_bar.refresh_rate=0 (in {job.resolve()})" in done.stdout
         chosen = json.loads((job / "few_shot_indices.json").read_text())
         assert chosen["m"] == m and len(chosen["indices"]) == 10 * m
+        # TensorBoard's HPARAMS tab: the job's overrides beside its final accuracy
+        events = EventAccumulator(str(job))
+        events.Reload()
+        final = json.loads((job / "results.json").read_text())["test_acc"]
+        assert events.Scalars("final/test_acc")[-1].value == pytest.approx(final)
+        assert b"dataset.m" in events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert not (tmp_path / "outputs" / "models").exists()  # few-shot models are not teachers
 
 

@@ -28,6 +28,7 @@ from zskt.checkpoints import atomic_write_json, atomic_write_text, load_model, s
 from zskt.errors import UserError
 from zskt.hardware import register_resolvers
 from zskt.models.wide_resnet import count_parameters
+from zskt.sweep import log_final_hparams
 
 log = logging.getLogger("zskt")
 register_resolvers()
@@ -268,6 +269,7 @@ def execute(raw: DictConfig) -> dict:
         "precision": str(trainer.precision),
         **module.extra_results(),
     }
+    log_final_hparams(trainer, cfg, results)
     if trainer.is_global_zero:
         atomic_write_json(results, results_file)
     best_text = "" if best is None else f" (best of evaluations {best:.2f}%)"

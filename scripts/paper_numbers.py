@@ -1,0 +1,87 @@
+"""The published numbers of SPEC section 5, as data for `summarize.py --paper`.
+
+Each entry is keyed like a summary row: (method, from, dataset, teacher, student, m, metric).
+`from` is the method of the model a run starts from (fine-tuning, belief matching), `m` is
+images per class (None: full data, or no data at all for zero-shot), `metric` is "test_acc"
+(percent) or "mte". A value is a number or (mean, std) over three seeds; None: not published.
+"paper" is Micaelli & Storkey (NeurIPS 2019), "study" the NeurIPS 2019 reproducibility study.
+"""
+
+from __future__ import annotations
+
+Value = float | tuple[float, float] | None
+Key = tuple[str, str | None, str, str | None, str, int | None, str]
+
+FEW_SHOT_M = (10, 25, 50, 75, 100)
+TABLE1_PAIRS = (("WRN-16-2", "WRN-16-1"), ("WRN-40-1", "WRN-16-1"), ("WRN-40-2", "WRN-16-1"),
+                ("WRN-40-1", "WRN-16-2"), ("WRN-40-2", "WRN-16-2"), ("WRN-40-2", "WRN-40-1"))
+
+
+def _entries() -> dict[Key, dict[str, Value]]:
+    out: dict[Key, dict[str, Value]] = {}
+
+    def add(method: str, dataset: str, teacher: str | None, student: str, m: int | None, paper: Value = None,
+            study: Value = None, origin: str | None = None, metric: str = "test_acc") -> None:
+        out[(method, origin, dataset, teacher, student, m, metric)] = {"paper": paper, "study": study}
+
+    # Table 1: scratch accuracies (the students' and teachers' own rows)
+    for student, paper, study in (("WRN-16-1", 91.04, 91.38), ("WRN-16-2", 93.97, 94.21),
+                                  ("WRN-40-1", 93.18, 93.83), ("WRN-40-2", 94.73, 95.16)):
+        add("scratch", "cifar10", None, student, None, paper, study)
+    # Table 1: KD+AT at M = 200, zero-shot (paper and study), modified zero-shot (study)
+    kd_at = (84.54, 81.71, 81.25, 85.74, 86.39, 87.35)
+    zero_shot = ((82.44, 0.21), (79.93, 1.11), (83.69, 0.58), (86.60, 0.56), (89.71, 0.10), (86.60, 1.79))
+    zero_shot_study = (81.25, 79.90, 83.63, 87.71, 89.31, 87.46)
+    modified_study = (82.82, 82.61, 84.78, 89.27, 91.12, 90.27)
+    for (teacher, student), kd, zs, zs_study, mod in zip(TABLE1_PAIRS, kd_at, zero_shot, zero_shot_study,
+                                                         modified_study):
+        add("kd_at", "cifar10", teacher, student, 200, paper=kd)
+        add("zero_shot", "cifar10", teacher, student, None, paper=zs, study=zs_study)
+        add("zero_shot_modified", "cifar10", teacher, student, None, study=mod)
+    add("zero_shot", "svhn", "WRN-40-2", "WRN-16-1", None, paper=(94.06, 0.27), study=94.00)
+
+    # Figure 2 (the study): WRN-40-2 -> WRN-16-1 over M, no teacher and KD+AT
+    curves = {
+        ("cifar10", "scratch"): (23.75, 36.16, 43.72, 52.44, 56.86),
+        ("cifar10", "kd_at"): (36.97, 60.68, 68.47, 75.04, 77.65),
+        ("svhn", "scratch"): (12.12, 30.95, 44.31, 48.64, 61.95),
+        ("svhn", "kd_at"): (34.18, 48.35, 66.88, 78.73, 80.75),
+    }
+    for (dataset, method), values in curves.items():
+        teacher = "WRN-40-2" if method == "kd_at" else None
+        for m, value in zip(FEW_SHOT_M, values):
+            add(method, dataset, teacher, "WRN-16-1", m, study=value)
+    add("kd_at", "cifar10", "WRN-40-2", "WRN-16-1", None, study=92.19)
+    add("kd_at", "svhn", "WRN-40-2", "WRN-16-1", None, study=95.45)
+
+    # zero-shot + extra-M fine-tune (CIFAR-10), from the standard and the modified zero-shot student
+    finetune = {"zero_shot": (83.68, 83.96, 84.67, 84.84, 85.12), "zero_shot_modified": (84.98, 85.24, 86.28, 86.61, 86.97)}
+    for origin, values in finetune.items():
+        for m, value in zip(FEW_SHOT_M, values):
+            paper = 85.91 if (origin, m) == ("zero_shot", 100) else None
+            add("finetune", "cifar10", "WRN-40-2", "WRN-16-1", m, paper=paper, study=value, origin=origin)
+
+    # mean transition error (K = 100, xi = 1), WRN-40-2 teacher, WRN-16-1 students
+    for dataset, origin, paper, study in (("cifar10", "zero_shot", 0.22, 0.18), ("cifar10", "zero_shot_modified", None, 0.22),
+                                          ("cifar10", "kd_at", 0.68, 0.81), ("svhn", "zero_shot", 0.09, 0.11),
+                                          ("svhn", "kd_at", 0.64, 0.83)):
+        add("abm", dataset, "WRN-40-2", "WRN-16-1", None, paper, study, origin=origin, metric="mte")
+    return out
+
+
+PUBLISHED: dict[Key, dict[str, Value]] = _entries()
+
+
+def published(method: str, origin: str | None, dataset: str, teacher: str | None, student: str, m: int | None,
+              metric: str) -> dict[str, Value] | None:
+    """The paper's and the study's number for this row, or None where neither published one."""
+    return PUBLISHED.get((method, origin, dataset, teacher, student, m, metric))
+
+
+def format_value(value: Value, digits: int = 2) -> str:
+    """'82.44 ± 0.21', '81.25', or '' (not published)."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,388 @@
+"""Summarise zskt runs: every results.json under the given sweep or run dirs, as one table.
+
+    python scripts/summarize.py outputs/multirun/<stamp> [more dirs] [--paper]
+        [--csv summary.csv] [--json summary.json] [--plot summary.png]
+
+Runs are grouped by (method, from, dataset, teacher, student, M, budget): `from` is the method of
+the model a run starts from (fine-tuning and belief matching, read from the results.json next to
+its student.checkpoint), `budget` the training length (so short test runs never mix with
+full-budget ones). Each group shows the final test accuracy (the headline) as mean ± sample
+standard deviation (n - 1) over its runs (seeds), the best-of-evaluations accuracy (the best of
+the periodic test-set evaluations: test-set model selection, the number the originals report)
+in its own column, the count n, and for belief matching (method abm) the mean transition error.
+Runs without a results.json (still running, or crashed) and runs whose status is not
+"completed" are listed in a section of their own.
+
+--paper adds the published numbers of SPEC section 5 (scripts/paper_numbers.py) beside each
+row where one exists. --plot writes ONE PNG with two panels: top, accuracy vs M per method
+(the paper's Figure 2: one line per method/dataset/teacher/student, error bars = std, full
+data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
+
+Exit status 2 with one line on stderr when a DIR does not exist or holds no results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_numbers import format_value, published  # noqa: E402
+
+RESULTS = "results.json"
+RUN_CONFIG = "run_config.yaml"
+ZERO_SHOT = ("zero_shot", "zero_shot_modified")  # M = 0: no training images at all
+NOT_TRAINED = ("abm", "evaluate")                 # evaluations of an existing model
+METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune", "abm", "evaluate")
+NOTE = ("final = test accuracy at the end of training (the headline); best-of-evals = best of the periodic "
+        "test-set evaluations (test-set model selection, the number the originals report); "
+        "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
+CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "n", "seeds",
+               "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
+               "teacher_test_acc_mean", "paper", "study")
+
+
+class SummaryError(Exception):
+    """A problem with the command line's directories: one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One completed run, reduced to what the summary needs."""
+
+    key: tuple  # (method, from, dataset, teacher, student, m, budget)
+    seed: int | None
+    test_acc: float | None
+    best_test_acc: float | None
+    mte: float | None
+    teacher_test_acc: float | None
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A job dir without a completed results.json."""
+
+    path: str
+    status: str
+    detail: str
+
+
+# ---------------------------------------------------------------------------- reading runs
+def arch(node: dict | None) -> str | None:
+    """'WRN-40-2' from a results.json student/teacher entry (None: no teacher)."""
+    return None if not node else f"WRN-{node['depth']}-{node['width']}"
+
+
+def budget_label(budget: dict | None) -> str:
+    """'80000 it', '200 ep', '2 ep ×0.01' (a scaled-down budget); '-' for evaluations."""
+    budget = budget or {}
+    if "iterations" in budget:
+        text = f"{budget['iterations']} it"
+    elif "epochs" in budget:
+        text = f"{budget['epochs']} ep"
+    else:
+        return "-"
+    scale = budget.get("budget_scale", 1.0)
+    return text if scale == 1.0 else f"{text} ×{scale:g}"
+
+
+def origin(job_dir: Path, results: dict) -> str | None:
+    """The method of the model this run started from (the results.json beside its student.checkpoint);
+    None for runs that start from scratch or from a checkpoint with no results.json beside it."""
+    start = results.get("student_checkpoint")
+    if not start and (job_dir / RUN_CONFIG).is_file():
+        start = ((yaml.safe_load((job_dir / RUN_CONFIG).read_text()) or {}).get("student") or {}).get("checkpoint")
+    if not start:
+        return None
+    source = Path(start).parent / RESULTS
+    if not source.is_file():
+        return None
+    method = json.loads(source.read_text()).get("method")
+    if results.get("step_on", "student") != "student":
+        method = f"{method}, steps on {results['step_on']}"
+    return method
+
+
+def load_run(path: Path) -> Run | Unfinished:
+    """A results.json as a `Run`, or `Unfinished` when it is not a completed run."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return Unfinished(str(path.parent), "unreadable", f"{RESULTS}: {err}")
+    if results.get("status") != "completed":
+        return Unfinished(str(path.parent), str(results.get("status")), str(results.get("message", "")))
+    key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
+           arch(results["student"]), results.get("m"), budget_label(results.get("budget")))
+    return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
+               (results.get("teacher") or {}).get("test_acc"))
+
+
+def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
+    """Every results.json under `dirs` (recursively), and the job dirs (a .hydra/ or run_config.yaml)
+    that have none. SummaryError if a dir does not exist or holds no results.json."""
+    runs: dict[Path, Run | Unfinished] = {}
+    for top in dirs:
+        if not top.is_dir():
+            raise SummaryError(f"{top} is not a directory: pass sweep or run directories (e.g. outputs/multirun/<stamp>)")
+        found, without = 0, 0
+        for here, subdirs, files in os.walk(top):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "checkpoints")
+            job = Path(here)
+            if RESULTS in files:
+                found += 1
+                runs[job.resolve()] = load_run(job / RESULTS)
+            elif RUN_CONFIG in files or (job / ".hydra").is_dir():
+                without += 1
+                hint = " (has checkpoints/last.ckpt: resume=true continues it)" if (job / "checkpoints" / "last.ckpt").is_file() else ""
+                runs[job.resolve()] = Unfinished(str(job), "no results.json", f"still running or crashed{hint}")
+        if not found:
+            raise SummaryError(f"{top} holds no {RESULTS} ({without} job dirs without one: still running or crashed)")
+    completed = [r for r in runs.values() if isinstance(r, Run)]
+    return completed, [r for r in runs.values() if isinstance(r, Unfinished)]
+
+
+# ---------------------------------------------------------------------------- statistics
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; std None below 2 values."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else None)
+
+
+def m_label(method: str, m: int | None) -> str:
+    """M as the tables print it: '0' for zero-shot, 'full' for the full train set, '-' for evaluations."""
+    if m is not None:
+        return str(m)
+    return "0" if method in ZERO_SHOT else "-" if method in NOT_TRAINED else "full"
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def sort_key(row: dict) -> tuple:
+    method = row["method"]
+    return (row["dataset"], method_rank(method), method, row["from"] or "", row["teacher"] or "", row["student"],
+            row["m"] if row["m"] is not None else math.inf, row["budget"])
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """One row per group: its key fields, n, seeds, and mean/std of each metric; published numbers added."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.key, []).append(run)
+    rows = []
+    for key, members in groups.items():
+        method, start, dataset, teacher, student, m, budget = key
+        row = {"method": method, "from": start, "dataset": dataset, "teacher": teacher, "student": student,
+               "m": m, "m_label": m_label(method, m), "budget": budget, "n": len(members),
+               "seeds": sorted((r.seed for r in members if r.seed is not None))}
+        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc"):
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
+        numbers = published(method, start, dataset, teacher, student, m, "mte" if method == "abm" else "test_acc")
+        row["paper"], row["study"] = (numbers["paper"], numbers["study"]) if numbers else (None, None)
+        rows.append(row)
+    return sorted(rows, key=sort_key)
+
+
+# ---------------------------------------------------------------------------- output
+def cell(mean: float | None, std: float | None, digits: int = 2) -> str:
+    """'82.44 ± 0.21'; a single run shows its value alone; '-' when absent."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[dict], str]]]:
+    """(header, row -> text) for the Markdown table; `from` and MTE only when some row has them."""
+    columns = [("method", lambda r: r["method"])]
+    if any(r["from"] for r in rows):
+        columns.append(("from", lambda r: r["from"] or ""))
+    columns += [("dataset", lambda r: r["dataset"]), ("teacher", lambda r: r["teacher"] or "-"),
+                ("student", lambda r: r["student"]), ("M", lambda r: r["m_label"]), ("budget", lambda r: r["budget"]),
+                ("n", lambda r: str(r["n"])),
+                ("final acc %", lambda r: cell(r["test_acc_mean"], r["test_acc_std"])),
+                ("best-of-evals acc % (test-set selection)", lambda r: cell(r["best_test_acc_mean"], r["best_test_acc_std"]))]
+    if any(r["mte_mean"] is not None for r in rows):
+        columns.append(("MTE", lambda r: cell(r["mte_mean"], r["mte_std"], 3)))
+    if paper:
+        columns += [("paper", lambda r: format_value(r["paper"])), ("study", lambda r: format_value(r["study"]))]
+    return columns
+
+
+def markdown(rows: list[dict], unfinished: list[Unfinished], paper: bool = False) -> str:
+    """The summary as Markdown: the results table, then the unfinished runs."""
+    columns = table_columns(rows, paper)
+    lines = [f"## Results: {sum(r['n'] for r in rows)} completed runs in {len(rows)} groups", "", NOTE + ".", ""]
+    if paper:
+        lines += ["paper / study: published numbers of the paper (Micaelli & Storkey, 2019) and its reproducibility "
+                  "study (scripts/paper_numbers.py; MTE for abm rows, else test accuracy %).", ""]
+    lines.append("| " + " | ".join(h for h, _ in columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    lines += ["| " + " | ".join(f(row) for _, f in columns) + " |" for row in rows]
+    repeated = [row for row in rows if len(set(row["seeds"])) < len(row["seeds"])]
+    if repeated:
+        lines += ["", f"Note: {len(repeated)} group(s) hold the same seed more than once (the same run in two dirs?): "
+                  + "; ".join(f"{r['method']} {r['dataset']} {r['student']} M={r['m_label']} seeds {r['seeds']}"
+                              for r in repeated)]
+    lines += ["", f"## Unfinished runs: {len(unfinished)}", ""]
+    if unfinished:
+        lines += ["| run dir | status | detail |", "|---|---|---|"]
+        lines += [f"| {u.path} | {u.status} | {u.detail} |" for u in sorted(unfinished, key=lambda u: u.path)]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """One line per group (CSV_COLUMNS); seeds joined with ';', published numbers as printed."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "m": row["m_label"], "seeds": ";".join(map(str, row["seeds"])),
+                             "paper": format_value(row["paper"]), "study": format_value(row["study"])})
+
+
+def write_json(rows: list[dict], unfinished: list[Unfinished], path: Path) -> None:
+    """{"note", "groups": rows, "unfinished": [{path, status, detail}]}; published values as numbers or [mean, std]."""
+    document = {"note": NOTE, "groups": rows, "unfinished": [u.__dict__ for u in unfinished]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- plot
+def series_label(row: dict) -> str:
+    start = f" from {row['from']}" if row["from"] else ""
+    return f"{row['method']}{start}, {row['dataset']}, {row['teacher'] or 'no teacher'} → {row['student']}"
+
+
+def draw_curves(ax, rows: list[dict], paper: bool) -> None:
+    """Figure 2: test accuracy vs M, one line per series, std error bars; full data dashed, zero-shot dotted."""
+    series: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["method"] not in NOT_TRAINED + ZERO_SHOT:
+            series.setdefault((row["method"], row["from"], row["dataset"], row["teacher"], row["student"]), []).append(row)
+    drawn, colors = set(), itertools.cycle([f"C{i}" for i in range(10)])
+    for members in series.values():
+        points = sorted((r for r in members if r["m"] is not None), key=lambda r: r["m"])
+        if not points:
+            continue
+        color = next(colors)
+        xs, ys = [r["m"] for r in points], [r["test_acc_mean"] for r in points]
+        ax.errorbar(xs, ys, yerr=[r["test_acc_std"] or 0.0 for r in points], marker="o", capsize=3, color=color,
+                    label=series_label(points[0]))
+        for full in (r for r in members if r["m"] is None):
+            ax.axhline(full["test_acc_mean"], color=color, linestyle="--", label=f"{series_label(full)}, full data")
+        if paper:
+            marks = [(r["m"], r["study"] if r["study"] is not None else r["paper"]) for r in points]
+            marks = [(x, v[0] if isinstance(v, tuple) else v) for x, v in marks if v is not None]
+            if marks:
+                ax.plot(*zip(*marks), linestyle="none", marker="x", color=color, markersize=8)
+        drawn.add((points[0]["dataset"], points[0]["student"]))
+    for row in rows:
+        if row["method"] in ZERO_SHOT and (row["dataset"], row["student"]) in drawn:
+            ax.axhline(row["test_acc_mean"], linestyle=":", color=next(colors),
+                       label=f"{series_label(row)} (M = 0, {row['budget']})")
+    if not drawn:
+        ax.text(0.5, 0.5, "no runs over M (few-shot sweeps) to draw", ha="center", va="center", transform=ax.transAxes)
+    title = "Test accuracy vs M (images per class); error bars: sample std over seeds"
+    ax.set(xlabel="M (images per class)", ylabel="final test accuracy (%)",
+           title=title + ("; x: published" if paper else ""))
+    if drawn:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def draw_table(ax, rows: list[dict], max_columns: int = 6) -> None:
+    """Table 1: one line per (dataset, teacher, student), one column per (method, from, M) - the columns
+    with the most pairs first - plus the teacher's accuracy and the student's own scratch accuracy."""
+    ax.axis("off")
+    taught = [r for r in rows if r["teacher"] and r["method"] not in NOT_TRAINED]
+    if not taught:
+        ax.text(0.5, 0.5, "no teacher/student runs", ha="center", va="center", transform=ax.transAxes)
+        return
+    pairs = sorted({(r["dataset"], r["teacher"], r["student"]) for r in taught})
+    pairs_of: dict[tuple, set] = {}
+    for r in taught:
+        pairs_of.setdefault((r["method"], r["from"], r["m_label"]), set()).add((r["dataset"], r["teacher"], r["student"]))
+    columns = sorted(pairs_of, key=lambda c: (-len(pairs_of[c]), method_rank(c[0]), c[0], c[1] or "",
+                                              int(c[2]) if c[2].isdigit() else math.inf))[:max_columns]
+    scratch = {(r["dataset"], r["student"]): r for r in rows if r["method"] == "scratch" and not r["teacher"] and r["m"] is None}
+    cells = []
+    for dataset, teacher, student in pairs:
+        mine = [r for r in taught if (r["dataset"], r["teacher"], r["student"]) == (dataset, teacher, student)]
+        teacher_acc = mean_std([r["teacher_test_acc_mean"] for r in mine])[0]
+        own = scratch.get((dataset, student))
+        line = [cell(teacher_acc, None), cell(own["test_acc_mean"], own["test_acc_std"]) if own else "-"]
+        for method, start, m in columns:
+            matches = [r for r in mine if (r["method"], r["from"], r["m_label"]) == (method, start, m)]
+            match = max(matches, key=lambda r: r["n"], default=None)  # several budgets: the one with most runs
+            line.append(cell(match["test_acc_mean"], match["test_acc_std"]) if match else "-")
+        cells.append(line)
+    headers = ["teacher acc", "student scratch"] + ["\n".join([method] + ([f"from {start}"] if start else []) + [f"M = {m}"])
+                                                    for method, start, m in columns]
+    table = ax.table(cellText=cells, rowLabels=[f"{d}: {t} → {s}" for d, t, s in pairs], colLabels=headers,
+                     loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 2.2)
+    ax.set_title("Teacher/student pairs: final test accuracy % (mean ± std over seeds)")
+
+
+def plot(rows: list[dict], path: Path, paper: bool = False) -> None:
+    """One PNG, two panels: accuracy vs M (top), the teacher/student table (bottom)."""
+    from matplotlib.figure import Figure  # Agg canvas: no display needed
+
+    fig = Figure(figsize=(12, 12), layout="constrained")
+    curves, table = fig.subplots(2, 1, height_ratios=[3, 2])
+    draw_curves(curves, rows, paper)
+    draw_table(table, rows)
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="summarize.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+                        help="sweep or run directories; every results.json below them is read")
+    parser.add_argument("--paper", action="store_true", help="add the published (paper, study) numbers beside each row")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write groups and unfinished runs as JSON")
+    parser.add_argument("--plot", type=Path, metavar="FILE",
+                        help="write one PNG: accuracy vs M (Figure 2) above the teacher/student table (Table 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        runs, unfinished = find_runs(args.dirs)
+    except SummaryError as err:
+        print(f"summarize: error: {err}", file=sys.stderr)
+        return 2
+    rows = summarize(runs)
+    print(markdown(rows, unfinished, args.paper), end="")
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.json:
+        write_json(rows, unfinished, args.json)
+    if args.plot:
+        plot(rows, args.plot, args.paper)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""scripts/summarize.py on a synthetic tree of results.json files: grouping, exact statistics,
+unfinished runs, CSV/JSON copies, published numbers and the plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import summarize  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T40_2 = {"depth": 40, "width": 2, "checkpoint": "zoo.pt", "params": 2243546, "test_acc": 95.0}
+S16_1 = {"depth": 16, "width": 1, "params": 175066}
+
+
+def write_run(job: Path, **fields) -> Path:
+    """A completed results.json in `job` (defaults: KD+AT WRN-40-2 -> WRN-16-1 on CIFAR-10, M = 10)."""
+    results = {"status": "completed", "method": "kd_at", "dataset": "cifar10", "m": 10, "seed": 0,
+               "student": S16_1, "teacher": T40_2, "test_acc": 0.0, "best_test_acc": 0.0,
+               "budget": {"epochs": 100000, "budget_scale": 1.0}, "wall_time_s": 1.0, "model": "model.pt",
+               "precision": "bf16-mixed", **fields}
+    job.mkdir(parents=True)
+    (job / "results.json").write_text(json.dumps(results))
+    return job
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A sweep of every kind of run, plus unfinished ones; the expected numbers are in the tests."""
+    sweep = tmp_path / "sweep"
+    for seed, (final, best) in enumerate([(36.0, 37.0), (38.0, 39.0), (40.0, 44.0)]):
+        write_run(sweep / f"kd10_{seed}", seed=seed, test_acc=final, best_test_acc=best)
+    for seed, final in enumerate([60.0, 61.0]):
+        write_run(sweep / f"kd25_{seed}", seed=seed, m=25, test_acc=final, best_test_acc=final)
+    write_run(sweep / "kd_full", m=None, test_acc=92.0, best_test_acc=92.5, budget={"epochs": 200, "budget_scale": 1.0})
+    for seed, final in enumerate([20.0, 26.0]):
+        write_run(sweep / f"scratch10_{seed}", method="scratch", teacher=None, seed=seed, test_acc=final,
+                  best_test_acc=final)
+    zero_shot_jobs = [write_run(sweep / f"zs_{seed}", method="zero_shot", m=None, seed=seed, test_acc=final,
+                                best_test_acc=final + 1, budget={"iterations": 80000, "budget_scale": 1.0})
+                      for seed, final in enumerate([83.0, 84.0, 85.0])]
+    write_run(sweep / "zs_short", method="zero_shot", m=None, test_acc=50.0, best_test_acc=50.0,
+              budget={"iterations": 800, "budget_scale": 0.01})
+    kd200 = write_run(sweep / "kd200", m=200, test_acc=81.0, best_test_acc=81.0)
+    # belief matching: the student's origin is the results.json beside results["student_checkpoint"]
+    for seed, mte in enumerate([0.2, 0.3]):
+        write_run(sweep / f"abm_zs_{seed}", method="abm", m=None, seed=seed, test_acc=83.0, best_test_acc=None,
+                  budget={}, mte=mte, mte_stderr=0.01, student_checkpoint=str(zero_shot_jobs[seed] / "model.pt"))
+    write_run(sweep / "abm_kd", method="abm", m=None, test_acc=81.0, best_test_acc=None, budget={}, mte=0.8,
+              student_checkpoint=str(kd200 / "model.pt"))
+    # fine-tune: the origin comes from run_config.yaml's student.checkpoint
+    tuned = write_run(sweep / "ft", method="finetune", test_acc=84.0, best_test_acc=84.5, start_test_acc=83.0,
+                      budget={"epochs": 200, "budget_scale": 1.0})
+    (tuned / "run_config.yaml").write_text(f"student:\n  checkpoint: {zero_shot_jobs[0] / 'model.pt'}\n")
+    # unfinished: a Hydra job dir that never wrote results, one with a checkpoint, a diverged run
+    (sweep / "crashed" / ".hydra").mkdir(parents=True)
+    (sweep / "running" / "checkpoints").mkdir(parents=True)
+    (sweep / "running" / "run_config.yaml").write_text("seed: 0\n")
+    (sweep / "running" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    write_run(sweep / "diverged", status="diverged", message="non-finite loss at step 12")
+    return sweep
+
+
+def by_key(rows: list[dict]) -> dict[tuple, dict]:
+    return {(r["method"], r["from"], r["dataset"], r["m_label"], r["budget"]): r for r in rows}
+
+
+def test_groups_and_exact_statistics(tree):
+    runs, _ = summarize.find_runs([tree])
+    rows = by_key(summarize.summarize(runs))
+    assert len(rows) == 10 and len(runs) == 17
+
+    kd10 = rows[("kd_at", None, "cifar10", "10", "100000 ep")]
+    assert kd10["n"] == 3 and kd10["seeds"] == [0, 1, 2]
+    assert kd10["test_acc_mean"] == pytest.approx(38.0) and kd10["test_acc_std"] == pytest.approx(2.0)  # sample std
+    assert kd10["best_test_acc_mean"] == pytest.approx(40.0) and kd10["best_test_acc_std"] == pytest.approx(math.sqrt(13))
+    assert (kd10["teacher"], kd10["student"]) == ("WRN-40-2", "WRN-16-1")
+    kd25 = rows[("kd_at", None, "cifar10", "25", "100000 ep")]
+    assert kd25["test_acc_mean"] == pytest.approx(60.5) and kd25["test_acc_std"] == pytest.approx(math.sqrt(0.5))
+    full = rows[("kd_at", None, "cifar10", "full", "200 ep")]
+    assert full["n"] == 1 and full["test_acc_std"] is None  # one run: no spread
+    scratch = rows[("scratch", None, "cifar10", "10", "100000 ep")]
+    assert scratch["teacher"] is None and scratch["test_acc_std"] == pytest.approx(math.sqrt(18))
+
+    # zero-shot is M = 0; a scaled-down budget is its own group, never mixed with the full one
+    zero_shot = rows[("zero_shot", None, "cifar10", "0", "80000 it")]
+    assert zero_shot["n"] == 3 and zero_shot["test_acc_mean"] == pytest.approx(84.0)
+    assert zero_shot["test_acc_std"] == pytest.approx(1.0) and zero_shot["best_test_acc_mean"] == pytest.approx(85.0)
+    assert rows[("zero_shot", None, "cifar10", "0", "800 it ×0.01")]["n"] == 1
+
+    # starting models: abm and finetune rows are split by the method of the model they start from
+    abm = rows[("abm", "zero_shot", "cifar10", "-", "-")]
+    assert abm["n"] == 2 and abm["mte_mean"] == pytest.approx(0.25) and abm["mte_std"] == pytest.approx(math.sqrt(0.005))
+    assert abm["best_test_acc_mean"] is None
+    assert rows[("abm", "kd_at", "cifar10", "-", "-")]["mte_mean"] == pytest.approx(0.8)
+    assert rows[("finetune", "zero_shot", "cifar10", "10", "200 ep")]["test_acc_mean"] == pytest.approx(84.0)
+
+
+def test_unfinished_runs_are_listed_not_dropped(tree):
+    _, unfinished = summarize.find_runs([tree])
+    listed = {Path(u.path).name: u for u in unfinished}
+    assert set(listed) == {"crashed", "running", "diverged"}
+    assert listed["diverged"].status == "diverged" and "non-finite" in listed["diverged"].detail
+    assert listed["crashed"].status == "no results.json"
+    assert "resume=true" in listed["running"].detail  # it has a checkpoint to continue from
+    text = summarize.markdown(summarize.summarize(summarize.find_runs([tree])[0]), unfinished)
+    assert "## Unfinished runs: 3" in text and str(tree / "crashed") in text
+
+
+def test_published_numbers_sit_beside_their_rows(tree):
+    rows = by_key(summarize.summarize(summarize.find_runs([tree])[0]))
+    zero_shot = rows[("zero_shot", None, "cifar10", "0", "80000 it")]
+    assert zero_shot["paper"] == (83.69, 0.58) and zero_shot["study"] == 83.63
+    assert rows[("kd_at", None, "cifar10", "10", "100000 ep")]["study"] == 36.97
+    assert rows[("kd_at", None, "cifar10", "200", "100000 ep")]["paper"] == 81.25
+    assert rows[("kd_at", None, "cifar10", "full", "200 ep")]["study"] == 92.19
+    assert rows[("abm", "kd_at", "cifar10", "-", "-")]["paper"] == 0.68  # MTE, not an accuracy
+    assert rows[("finetune", "zero_shot", "cifar10", "10", "200 ep")]["study"] == 83.68
+    assert rows[("zero_shot", None, "cifar10", "0", "800 it ×0.01")]["paper"] == (83.69, 0.58)
+    text = summarize.markdown(list(rows.values()), [], paper=True)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header.endswith("| paper | study |") and "| from |" in header and "| MTE |" in header
+    assert "| 83.69 ± 0.58 | 83.63 |" in text
+    assert "| paper |" not in summarize.markdown(list(rows.values()), [])
+
+
+def test_mean_std_and_labels():
+    assert summarize.mean_std([]) == (None, None)
+    assert summarize.mean_std([3.0, None]) == (3.0, None)
+    assert summarize.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3)))
+    assert summarize.cell(84.0, 1.0) == "84.00 ± 1.00" and summarize.cell(None, None) == "-"
+    assert summarize.budget_label({"iterations": 80000, "budget_scale": 1.0}) == "80000 it"
+    assert summarize.budget_label({"epochs": 2, "budget_scale": 0.01}) == "2 ep ×0.01"
+    assert [summarize.m_label(m, None) for m in ("zero_shot", "kd_at", "abm")] == ["0", "full", "-"]
+
+
+def test_command_line_writes_table_csv_json_and_plot(tree, tmp_path):
+    out = {name: tmp_path / name for name in ("s.csv", "s.json", "s.png")}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "summarize.py"), str(tree), "--paper",
+                           "--csv", str(out["s.csv"]), "--json", str(out["s.json"]), "--plot", str(out["s.png"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| kd_at |  | cifar10 | WRN-40-2 | WRN-16-1 | 10 | 100000 ep | 3 | 38.00 ± 2.00 | 40.00 ± 3.61 |" in done.stdout
+    assert "sample std (n - 1)" in done.stdout and "## Unfinished runs: 3" in done.stdout
+
+    with out["s.csv"].open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 10 and tuple(table[0]) == summarize.CSV_COLUMNS
+    zero_shot = next(r for r in table if r["method"] == "zero_shot" and r["budget"] == "80000 it")
+    assert (zero_shot["m"], zero_shot["n"], zero_shot["seeds"]) == ("0", "3", "0;1;2")
+    assert float(zero_shot["test_acc_mean"]) == pytest.approx(84.0) and zero_shot["paper"] == "83.69 ± 0.58"
+
+    document = json.loads(out["s.json"].read_text())
+    assert len(document["groups"]) == 10 and len(document["unfinished"]) == 3
+    abm = next(g for g in document["groups"] if g["method"] == "abm" and g["from"] == "zero_shot")
+    assert abm["mte_mean"] == pytest.approx(0.25) and abm["paper"] == 0.22
+
+    image = out["s.png"].read_bytes()
+    assert image[:8] == PNG_SIGNATURE and len(image) > 20_000
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out["s.png"])
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 500
+    assert pixels[..., :3].std() > 0.05  # lines, text and a table, not a blank canvas
+    assert (pixels[..., :3].reshape(-1, 3).round(1) != 1.0).any(axis=1).mean() > 0.01
+
+
+def test_missing_or_empty_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty" / "job" / ".hydra").mkdir(parents=True)
+    assert summarize.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no results.json (1 job dirs without one" in err
+    done = subprocess.run([sys.executable, str(SCRIPTS / "summarize.py"), str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "is not a directory" in done.stderr
+
+
+def test_help_explains_the_columns(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        summarize.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert all(word in text for word in ("best-of-evaluations", "sample", "--paper", "--csv", "--json", "--plot", "ONE PNG"))

@@ -1,0 +1,111 @@
+"""Following a sweep: a progress line per job and the final numbers in TensorBoard's HPARAMS tab.
+
+`SweepProgress` is a Hydra callback (conf/hydra/default.yaml, `hydra.callbacks`) that prints
+"zskt: sweep job i of n: <overrides>" as each job of a multirun starts. `log_final_hparams`
+is called by `zskt.run.execute` when a run completes: it logs the run's identity and overrides
+as hyperparameters together with its final metrics, so `tensorboard --logdir <sweep dir>`
+compares every job in one table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# results.json entries shown as metrics in the HPARAMS tab (those a run has), under final/<name>
+FINAL_METRICS = ("test_acc", "best_test_acc", "start_test_acc", "mte")
+
+
+# ---------------------------------------------------------------------------- progress
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the multirun `config` launches, expanded the way Hydra's basic sweeper does
+    (its `hydra.sweeper.params`, then the command line's overrides); None for other sweepers."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    arguments = params + list(config.hydra.overrides.task)
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None  # glob(...)
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+
+
+class SweepProgress(Callback):
+    """Prints one line as each sweep job starts: its number, the sweep's size, its overrides, its dir."""
+
+    def __init__(self) -> None:
+        self.sweeping = False
+        self.total: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweeping = True
+        self.total = count_jobs(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.sweeping:  # a single run: nothing to follow
+            return
+        print(progress_line(config, self.total), flush=True)
+
+
+def progress_line(config: DictConfig, total: int | None) -> str:
+    """'zskt: sweep job 3 of 12: method=kd_at dataset.m=25 seed=0 (in <dir>)' for a job's config."""
+    of = "" if total is None else f" of {total}"
+    overrides = " ".join(config.hydra.overrides.task) or "(no overrides)"
+    return f"zskt: sweep job {config.hydra.job.num + 1}{of}: {overrides} (in {config.hydra.runtime.output_dir})"
+
+
+# ---------------------------------------------------------------------------- HPARAMS
+def override_values(cfg: DictConfig) -> dict[str, Any]:
+    """The job's command-line overrides as {key: text}: a value as the run's own (resolved) config
+    holds it, a config group as its option's name; the sweep-dir name's exclude_keys left out."""
+    if not HydraConfig.initialized():
+        return {}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = HydraConfig.get()
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    values = {}
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        key = override.key_or_group
+        if key in excluded or override.is_delete():
+            continue
+        value = OmegaConf.select(cfg, key, default=None)  # a config group's node: its option's name instead
+        # as text: one column's values keep one type across jobs (dataset.m=10,all)
+        values[key] = override.get_value_element_as_str() if value is None or OmegaConf.is_config(value) else str(value)
+    return values
+
+
+def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[str, float]]:
+    """(hyperparameters, metrics) of a completed run: its overrides and identity (method, dataset,
+    M as text - None: no subset -, seed, networks, budget); its final numbers from results.json as
+    final/<name>."""
+    def arch(node: dict | None) -> str:
+        return f"WRN-{node['depth']}-{node['width']}" if node else "none"
+
+    params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
+              "m": str(results["m"]), "seed": results["seed"],
+              "student": arch(results["student"]), "teacher": arch(results["teacher"]),
+              **{f"budget/{key}": value for key, value in (results.get("budget") or {}).items()}}
+    metrics = {f"final/{name}": float(results[name]) for name in FINAL_METRICS if results.get(name) is not None}
+    if (results.get("teacher") or {}).get("test_acc") is not None:
+        metrics["final/teacher_test_acc"] = float(results["teacher"]["test_acc"])
+    return params, metrics
+
+
+def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, results: dict) -> None:
+    """Log the run's hyperparameters with its final metrics to every logger of `trainer` (the
+    HPARAMS tab of TensorBoard; the logger writes on global rank 0 only)."""
+    params, metrics = final_hparams(cfg, results)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params, metrics)
+        logger.save()
