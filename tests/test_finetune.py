@@ -12,6 +12,7 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
+from zskt_test_helpers import KillAtEpoch
 from zskt_test_helpers import run_with_callbacks as run
 from zskt.checkpoints import load_model
 
@@ -31,17 +32,6 @@ class _Probe(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.modes.add((pl_module.student.training, pl_module.teacher.training))
-
-
-class _KillAtEpoch(pl.Callback):
-    """A killed job: fail when epoch `epoch` starts (after the previous epoch's checkpoint)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated kill")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +113,7 @@ def test_resume_keeps_the_original_theta_0(finetuned, zero_shot_student, tmp_pat
     straight_dir, straight, _ = finetuned
     overrides = finetune_overrides(zero_shot_student, tmp_path)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        run(tmp_path, overrides, [_KillAtEpoch(1)])
+        run(tmp_path, overrides, [KillAtEpoch(1)])
     resumed = zskt.run.execute(compose_cfg(tmp_path, ["resume=true"]))
 
     a = torch.load(straight_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -12,7 +12,7 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
-from zskt_test_helpers import run_with_callbacks
+from zskt_test_helpers import KillAtEpoch, run_with_callbacks
 from zskt.losses import kl_divergence
 from zskt.checkpoints import load_model
 from zskt.models import Generator, WideResNet
@@ -122,24 +122,13 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, mo
     assert captured["s_loss"] == pytest.approx(expected, rel=1e-4)
 
 
-class _KillAtEpoch(pl.Callback):
-    """Simulate a killed job: fail at the start of epoch `epoch` (after the previous checkpoint)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated kill")
-
-
 @pytest.mark.parametrize("student_batch", ["pre_update", "fresh"])
 def test_resume_is_bit_identical(tmp_path, teacher_zoo, monkeypatch, student_batch):
     overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", f"method.student_batch={student_batch}")
     straight = zskt.run.execute(compose_cfg(tmp_path / "a", overrides))
 
     original = zskt.run.build_callbacks
-    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), _KillAtEpoch(1)])
+    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), KillAtEpoch(1)])
     with pytest.raises(RuntimeError, match="simulated kill"):
         zskt.run.execute(compose_cfg(tmp_path / "b", overrides))
     monkeypatch.setattr(zskt.run, "build_callbacks", original)

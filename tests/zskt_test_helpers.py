@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,3 +39,14 @@ def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=()) -> dict:
         return zskt.run.execute(compose_run_config(tmp, overrides))
     finally:
         zskt.run.build_callbacks = original
+
+
+class KillAtEpoch(pl.Callback):
+    """A killed job: fail when epoch `epoch` starts (after the previous epoch's checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated kill")
