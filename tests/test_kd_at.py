@@ -31,9 +31,11 @@ class _TeacherProbe(pl.Callback):
         self.after = {k: v.clone() for k, v in pl_module.teacher.state_dict().items()}
 
 
-def test_kd_at_trains_on_m_images_per_class_from_a_frozen_teacher(tmp_path, teacher_zoo):
+def test_kd_at_trains_on_m_images_per_class_from_a_frozen_teacher(tmp_path, teacher_zoo, monkeypatch):
     probe = _TeacherProbe()
-    results = run_with_callbacks(tmp_path, ["method=kd_at", "student.depth=10", *TEACHER, f"paths.models={teacher_zoo}",
+    monkeypatch.chdir(teacher_zoo)  # a relative teacher.checkpoint is recorded as an absolute path
+    results = run_with_callbacks(tmp_path, ["method=kd_at", "student.depth=10", *TEACHER,
+                                            "teacher.checkpoint=digits/wrn-10-2-seed0.pt",
                                             "dataset.m=3", "method.epochs=4", "method.evaluations=2"], [probe])
     assert results["method"] == "kd_at" and results["m"] == 3
     assert results["budget"]["epochs"] == 4

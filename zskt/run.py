@@ -157,7 +157,8 @@ def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, di
         raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
                         "or set teacher.train_if_missing=true")
     model, meta = load_model(path, expect={"num_classes": num_classes})
-    info = {**model.arch, "checkpoint": str(path), "params": count_parameters(model)}
+    # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
+    info = {**model.arch, "checkpoint": str(path.resolve()), "params": count_parameters(model)}
     return model.eval().requires_grad_(False), info
 
 
