@@ -3,7 +3,6 @@ exact resume, safe checkpoints, a frozen teacher, the demo, and DDP."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import torch
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
 from zskt_test_helpers import KillAtEpoch, run_with_callbacks
-from zskt.losses import kl_divergence
 from zskt.checkpoints import load_model
 from zskt.models import Generator, WideResNet
 
@@ -175,31 +173,13 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     assert modified.method.iterations == 65000 and modified.method.student_batch == "fresh"
 
 
-class _ImitationProbe(pl.Callback):
-    """KL(teacher || student) on one seeded batch from the final generator, for the student as it
-    started and as it ended."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.initial = copy.deepcopy(pl_module.student).eval()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        z = torch.randn(256, pl_module.generator.z_dim, generator=torch.Generator().manual_seed(123))
-        final = copy.deepcopy(pl_module.student).eval()
-        with torch.no_grad():
-            x = pl_module.generate(z)  # the generator as it trains (batch statistics)
-            teacher = pl_module.teacher(x)
-            self.kl = {name: float(kl_divergence(net(x), teacher)) for name, net in
-                       (("initial", self.initial), ("final", final))}
-
-
-def test_student_learns_to_imitate_the_teacher_on_generated_images(tmp_path, teacher_zoo):
-    # the demo's recipe, 30 iterations from the shared small teacher. (Accuracy on the real test
-    # set needs the demo's larger networks and length: the demo itself is measured, not tested.)
-    probe = _ImitationProbe()
-    results = run_with_callbacks(tmp_path, ["experiment=demo", "teacher.depth=10", f"paths.models={teacher_zoo}",
-                                            "student.depth=10", "method.iterations=30", "method.eval_every=30"], [probe])
-    assert results["budget"]["iterations"] == 30 and results["teacher"]["test_acc"] > 80.0
-    assert probe.kl["final"] < 0.25 * probe.kl["initial"], probe.kl
+def test_a_shortened_demo_trains_its_teacher_and_learns_well_above_chance(tmp_path):
+    # the quick-start exactly, from an empty model zoo, cut from 300 to 50 iterations. Measured on
+    # the dev machine: 48.8 % and 49.0 % (seeds 0 and 1) at iteration 50; chance is 10 %.
+    results = zskt.run.execute(compose_cfg(tmp_path, ["experiment=demo", "method.iterations=50", "method.eval_every=50"]))
+    assert (tmp_path / "outputs" / "models" / "digits" / "wrn-16-2-seed0.pt").is_file()
+    assert results["budget"]["iterations"] == 50 and results["teacher"]["test_acc"] > 90.0
+    assert results["test_acc"] > 25.0, results["test_acc"]
 
 
 class _RecordRankNoise(pl.Callback):
