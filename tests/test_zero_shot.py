@@ -174,11 +174,14 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
 
 
 def test_a_shortened_demo_trains_its_teacher_and_learns_well_above_chance(tmp_path):
-    # the quick-start exactly, from an empty model zoo, cut from 300 to 50 iterations. Measured on
-    # the dev machine: 48.8 % and 49.0 % (seeds 0 and 1) at iteration 50; chance is 10 %.
-    results = zskt.run.execute(compose_cfg(tmp_path, ["experiment=demo", "method.iterations=50", "method.eval_every=50"]))
+    # the quick-start exactly, from an empty model zoo, cut from 300 to 100 iterations. Measured on
+    # the dev machine at iteration 100: 56.0 % and 43.5 % (teachers trained on 1 and on 2 threads,
+    # whose float differences change the whole adversarial trajectory); chance is 10 %. 50
+    # iterations were too few to be robust (22.6 % on CI).
+    shortened = ["experiment=demo", "method.iterations=100", "method.eval_every=100"]
+    results = zskt.run.execute(compose_cfg(tmp_path, shortened))
     assert (tmp_path / "outputs" / "models" / "digits" / "wrn-16-2-seed0.pt").is_file()
-    assert results["budget"]["iterations"] == 50 and results["teacher"]["test_acc"] > 90.0
+    assert results["budget"]["iterations"] == 100 and results["teacher"]["test_acc"] > 90.0
     assert results["test_acc"] > 25.0, results["test_acc"]
 
 
