@@ -90,19 +90,28 @@ def save_model(model: WideResNet, path: str | os.PathLike, *, dataset: str, mean
     )
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """`torch.load(path, weights_only=True)` with every failure turned into a one-line `UserError`."""
+def read_checkpoint(path: str | os.PathLike, allow_unsafe: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` with every failure turned into a one-line `UserError`.
+
+    A file that needs arbitrary unpickling (pickled classes or functions, which can run any
+    code while loading) is refused unless `allow_unsafe` (`checkpoint.allow_unsafe=true`).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except pickle.UnpicklingError as err:
-        if "global" not in str(err).lower():  # not refused for its content: the bytes are broken
+        if allow_unsafe or "unsupported global" not in str(err).lower():  # not refused for a class it names
+            hint = "" if allow_unsafe else ", or pass checkpoint.allow_unsafe=true if it was pickled unusually and you trust it"
             raise UserError(f"checkpoint {path} is truncated or corrupt (it does not unpickle): "
-                            "re-create or re-download it") from None
-        refused = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), "")
-        raise UserError(f"checkpoint {path} needs arbitrary unpickling to load ({refused[:160]}): "
+                            f"re-create or re-download it{hint}") from None
+        refused = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()),
+                       "it holds more than tensors and plain containers")
+        raise UserError(f"checkpoint {path} needs arbitrary unpickling to load ({refused[:160]}): re-save it as a "
+                        "plain state dict, or pass checkpoint.allow_unsafe=true if you trust whoever made it") from None
+    except (AttributeError, ModuleNotFoundError, ImportError) as err:  # unsafe loading of classes that are gone
+        raise UserError(f"checkpoint {path} refers to code that is not installed ({err}): "
                         "re-save it as a plain state dict") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -135,18 +144,20 @@ def infer_arch(state: dict) -> dict:
         width = state["block3.layer.0.conv1.weight"].shape[0] // 64
         num_classes = state["fc.weight"].shape[0]
     except (ValueError, KeyError):
-        raise UserError("the checkpoint is not a Wide ResNet state dict (no block1.layer.*, block3.*, fc.* keys)") from None
+        raise UserError("the checkpoint is not a Wide ResNet state dict (no block1.layer.*, block3.*, fc.* keys): "
+                        "pass a WRN's model.pt or state dict") from None
     return {"depth": 6 * n + 4, "width": int(width), "num_classes": int(num_classes)}
 
 
-def load_model(path: str | os.PathLike, expect: dict | None = None) -> tuple[WideResNet, dict]:
+def load_model(path: str | os.PathLike, expect: dict | None = None,
+               allow_unsafe: bool = False) -> tuple[WideResNet, dict]:
     """Load a WRN from our `model.pt` or an original repository's raw state dict.
 
     Returns the model and its metadata (`arch`, and for our files `dataset`, `mean`,
     `std`, `method`, `teacher`). `expect` (any of depth/width/num_classes) is checked
-    against the file; a mismatch is a one-line `UserError`.
+    against the file; a mismatch is a one-line `UserError`. `allow_unsafe`: see `read_checkpoint`.
     """
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, allow_unsafe)
     if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
         meta = {k: v for k, v in raw.items() if k != "state_dict"}
         state = raw["state_dict"]
@@ -192,7 +203,16 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic: a kill during a save leaves the previous file whole."""
+    """Lightning's checkpoint IO, made atomic (a kill during a save leaves the previous file whole)
+    and safe (a resumed checkpoint is read with `weights_only=True` unless `allow_unsafe`)."""
+
+    def __init__(self, allow_unsafe: bool = False) -> None:
+        super().__init__()
+        self.allow_unsafe = allow_unsafe
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        # on the CPU: Lightning moves the state to the device as it restores it
+        return read_checkpoint(path, self.allow_unsafe)
