@@ -1,5 +1,6 @@
 """Every data source on tiny files the tests write, the datamodule's batches, and data errors."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from PIL import Image
 from torchvision.datasets import CIFAR10, SVHN
 
 from zskt.data import sources
+from zskt_test_helpers import write_image_folder
 from zskt.data.augment import random_crop_flip
 from zskt.data.datamodule import ImageDataModule
 from zskt.errors import UserError
@@ -30,16 +31,6 @@ def write_cifar_batches(root: Path, n_per_batch: int = 6) -> np.ndarray:
     with open(folder / "batches.meta", "wb") as handle:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
     return first
-
-
-def write_image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 4, size: int = 32) -> None:
-    rng = np.random.default_rng(1)
-    for split in ("train", "test"):
-        for name in classes:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
 
 
 @pytest.fixture
@@ -145,7 +136,10 @@ def test_datamodule_batches_and_few_shot_subset(tmp_path):
     dm = ImageDataModule("digits", m=3, subset_seed=5, batch_size=8, output_dir=str(tmp_path), augment=True)
     dm.setup()
     assert len(dm.train_split.labels) == 30 and torch.bincount(dm.train_split.labels).tolist() == [3] * 10
-    assert (tmp_path / "few_shot_indices.json").is_file()
+    assert not (tmp_path / "few_shot_indices.json").exists()  # written once the run has checked every input
+    dm.save_subset()
+    recorded = json.loads((tmp_path / "few_shot_indices.json").read_text())
+    assert recorded["indices"] == dm.indices.tolist() and (recorded["m"], recorded["seed"]) == (3, 5)
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8
     normalised, _ = dm.on_after_batch_transfer((images, labels), 0)

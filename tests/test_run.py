@@ -1,28 +1,18 @@
-"""The entry point end to end: a CLI run, a sweep, the model zoo, evaluation, and one-line errors."""
+"""The entry point end to end: a CLI run, a sweep, the model zoo and evaluation."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zskt.run
-from zskt.checkpoints import save_model
+from zskt_test_helpers import cli
 from zskt.models import WideResNet
 from zskt.models.wide_resnet import count_parameters
 
 RESULT_KEYS = {"status", "method", "dataset", "m", "seed", "student", "teacher", "test_acc", "best_test_acc",
                "budget", "wall_time_s", "model"}
-
-
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "zskt.run", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 def test_cli_scratch_run_writes_results_model_checkpoint_and_zoo(tmp_path):
@@ -77,47 +67,3 @@ def test_few_shot_epochs_follow_the_recipe(compose_cfg, tmp_path):
     cfg = compose_cfg(tmp_path, ["method=scratch", "dataset=svhn", "dataset.m=25", "method.budget_scale=0.5"])
     module = instantiate(cfg.method, student={"depth": 10, "width": 1, "num_classes": 10}, m=25, _convert_="all")
     assert module.max_epochs == int(100 * 5000 / 25) // 2  # E = 100 on SVHN, halved by budget_scale
-
-
-def bad_checkpoint(tmp: Path, kind: str) -> Path:
-    path = tmp / f"{kind}.pt"
-    if kind == "corrupt":
-        path.write_bytes(b"\x00not a checkpoint")
-    else:
-        save_model(WideResNet(10, 1, 3), path, dataset="x", mean=[0] * 3, std=[1] * 3, method="scratch")
-    return path
-
-
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["student.depth=17"], "depth 17 is invalid"),
-    (["student.width=0"], "width 0 is invalid"),
-    (["dataset.m=1000"], "larger than the smallest class"),
-    (["dataset.m=-2"], "dataset.m=-2 is invalid"),
-    (["dataset=cifar10", "dataset.download=false", "dataset.root=/nonexistent"], "CIFAR-10 not found"),
-    (["dataset=image_folder"], "dataset.root must be set"),
-    (["method=evaluate", "student.checkpoint=/nonexistent.pt"], "does not exist"),
-    (["method=evaluate", "student.checkpoint={corrupt}"], "truncated or corrupt"),
-    (["method=evaluate", "student.checkpoint={three_classes}"], "num_classes=10"),
-    (["resume=true"], "resume=true"),
-    (["method=scratch", "method.budget_scale=-1"], "budget_scale=-1"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, compose_cfg, overrides, expected):
-    paths = {"corrupt": bad_checkpoint(tmp_path, "corrupt"), "three_classes": bad_checkpoint(tmp_path, "three_classes")}
-    cfg = compose_cfg(tmp_path, [o.format(**paths) for o in overrides])
-    with pytest.raises(SystemExit) as exit_info:
-        zskt.run.run(cfg)
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("zskt: error: ") and expected in err[0], err
-    assert not (tmp_path / "run" / "results.json").exists()
-
-
-@pytest.mark.parametrize(("args", "expected"), [
-    (["dataset=foo"], "unknown dataset 'foo': choose one of cifar10, digits, image_folder, svhn"),
-    (["trainer.nope=1"], "Could not override 'trainer.nope'"),
-])
-def test_unknown_options_and_keys_are_one_line_and_exit_2(tmp_path, args, expected):
-    done = cli(tmp_path, *args, "hydra.run.dir=run")
-    assert done.returncode == 2
-    err = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(err) == 1 and expected in err[0], err

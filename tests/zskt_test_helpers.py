@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+from PIL import Image
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,13 +20,16 @@ CONF = str(REPO / "conf")
 FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true", "dataset=digits"]
 
 
-def compose_run_config(tmp: Path, overrides: list[str]):
-    """The config `python -m zskt.run <overrides>` would run, its outputs under `tmp`."""
+def compose_run_config(tmp: Path, overrides: list[str], run_dir: Path | None = None):
+    """The config `python -m zskt.run <overrides>` would run, its outputs under `tmp`
+    (the run in `run_dir`, by default `tmp/run`)."""
+    run_dir = run_dir or tmp / "run"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=[f"hydra.run.dir={tmp / 'run'}", f"paths.output_dir={tmp / 'run'}",
+            # quoted: a sweep job's dir name holds '=' and ','
+            overrides=[f"hydra.run.dir='{run_dir}'", f"paths.output_dir='{run_dir}'",
                        f"paths.outputs={tmp / 'outputs'}", *FAST, *overrides],
             return_hydra_config=True,
         )
@@ -29,14 +37,14 @@ def compose_run_config(tmp: Path, overrides: list[str]):
     return cfg
 
 
-def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=()) -> dict:
-    """`zskt.run.execute` on `compose_run_config(tmp, overrides)`, with extra Lightning callbacks."""
+def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=(), run_dir: Path | None = None) -> dict:
+    """`zskt.run.execute` on `compose_run_config(tmp, overrides, run_dir)`, with extra Lightning callbacks."""
     import zskt.run
 
     original = zskt.run.build_callbacks
     zskt.run.build_callbacks = lambda cfg, every: [*original(cfg, every), *callbacks]
     try:
-        return zskt.run.execute(compose_run_config(tmp, overrides))
+        return zskt.run.execute(compose_run_config(tmp, overrides, run_dir))
     finally:
         zskt.run.build_callbacks = original
 
@@ -50,3 +58,21 @@ class KillAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated kill")
+
+
+def write_image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 4, size: int = 32) -> None:
+    """An ImageFolder tree (train/<class>/*.png, test/<class>/*.png) of random images."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m zskt.run <args>` in `cwd`, its output captured."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "zskt.run", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)

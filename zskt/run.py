@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
+import signal
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,8 +22,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from zskt.callbacks import Diverged
 from zskt.checkpoints import atomic_write_json, atomic_write_text, load_model, save_model
@@ -90,7 +94,8 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
 def build_student_arch(cfg: DictConfig, num_classes: int) -> tuple[dict, torch.nn.Module | None, dict | None]:
     """Architecture of the student, and its starting weights when `student.checkpoint` is set."""
     if cfg.student.get("checkpoint"):
-        model, meta = load_model(cfg.student.checkpoint, expect={"num_classes": num_classes})
+        model, meta = load_model(cfg.student.checkpoint, expect={"num_classes": num_classes},
+                                 allow_unsafe=cfg.checkpoint.allow_unsafe)
         return model.arch, model, meta
     return {"depth": cfg.student.depth, "width": cfg.student.width, "num_classes": num_classes}, None, None
 
@@ -107,14 +112,35 @@ def build_callbacks(cfg: DictConfig, checkpoint_every: int) -> list[pl.Callback]
 
 def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
     limits = module.trainer_limits()
-    return _instantiate(
-        cfg.trainer,
-        "trainer",
-        logger=_instantiate(cfg.logger, "logger"),
-        callbacks=build_callbacks(cfg, limits["check_val_every_n_epoch"]),
-        default_root_dir=cfg.paths.output_dir,
-        **limits,
-    )
+    try:
+        return _instantiate(
+            cfg.trainer,
+            "trainer",
+            logger=_instantiate(cfg.logger, "logger"),
+            callbacks=build_callbacks(cfg, limits["check_val_every_n_epoch"]),
+            default_root_dir=cfg.paths.output_dir,
+            **limits,
+        )
+    except UserError:
+        raise
+    except Exception as err:  # Lightning's checks of accelerator, devices, strategy and precision
+        cause = err.__cause__ or err
+        if not isinstance(cause, (MisconfigurationException, ValueError, RuntimeError)):
+            raise
+        first = str(cause).strip().splitlines()[0][:200]
+        raise UserError(f"the trainer cannot start ({first}): fix trainer.accelerator / trainer.devices / "
+                        "trainer.strategy / trainer.precision for this machine") from None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Fail before any work when the run's outputs could not be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to the output dir {output_dir} ({err.strerror or err}): "
+                        "pass hydra.run.dir=<a writable dir> (or paths.outputs=...)") from None
 
 
 def zoo_path(cfg: DictConfig, dataset: str, arch: dict, seed: int) -> Path:
@@ -156,7 +182,7 @@ def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, di
         hint = f"train it with `{teacher_training_command(cfg)}`, " if path == zoo else ""
         raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
                         "or set teacher.train_if_missing=true")
-    model, meta = load_model(path, expect={"num_classes": num_classes})
+    model, meta = load_model(path, expect={"num_classes": num_classes}, allow_unsafe=cfg.checkpoint.allow_unsafe)
     # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
     info = {**model.arch, "checkpoint": str(path.resolve()), "params": count_parameters(model)}
     return model.eval().requires_grad_(False), info
@@ -179,6 +205,7 @@ def execute(raw: DictConfig) -> dict:
     start = time.perf_counter()
     cfg = resolve_config(raw)
     output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir)
     results_file = output_dir / RESULTS
     if cfg.resume and results_file.is_file():
         import json
@@ -219,10 +246,12 @@ def execute(raw: DictConfig) -> dict:
     if initial is not None:
         module.student.load_state_dict(initial.state_dict())
 
+    trainer = build_trainer(cfg, module)
+    # every input is checked: from here on the run writes its outputs
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
-    trainer = build_trainer(cfg, module)
+    datamodule.save_subset()
 
     if method_cls.trains:
         ckpt_path = None
@@ -239,6 +268,13 @@ def execute(raw: DictConfig) -> dict:
                 trainer.fit(module, val_dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
         except Diverged as err:
             return report_divergence(cfg, output_dir, str(err), time.perf_counter() - start)
+        except SIGTERMException:
+            # Lightning stopped at the end of a batch and the on_exception callback saved the moment
+            print(f"zskt: stopped by SIGTERM at step {trainer.global_step}: the moment is saved in "
+                  f"{output_dir}/checkpoints/interrupted.ckpt; resume with `python -m zskt.run "
+                  f"hydra.run.dir={output_dir} resume=true` (from the last evaluation's checkpoint, last.ckpt)",
+                  file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
     final = tested["final_test_acc"]
     if teacher_info is not None:

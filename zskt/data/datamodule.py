@@ -90,6 +90,16 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
             return sources.load_cifar10(self.root, split, self.download)
         return sources.load_svhn(self.root, split, self.download)
 
+    def save_subset(self) -> None:
+        """Record the few-shot subset in <output_dir>/few_shot_indices.json (when there is one).
+
+        Separate from `setup`: a run writes it only once every input has been checked."""
+        if self.indices is not None and self.output_dir is not None:
+            atomic_write_json(
+                {"dataset": self.name, "m": self.m, "seed": self.subset_seed, "indices": self.indices.tolist()},
+                Path(self.output_dir) / "few_shot_indices.json",
+            )
+
     def setup(self, stage: str | None = None) -> None:
         """Decode both splits once, choose the few-shot subset and the normalisation."""
         if self.train_split is not None:
@@ -102,11 +112,6 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         if self.m is not None:
             self.indices = few_shot_indices(train.labels, self.m, self.subset_seed)
             train = sources.ImageTensors(train.images[self.indices], train.labels[self.indices], train.classes)
-            if self.output_dir is not None:
-                atomic_write_json(
-                    {"dataset": self.name, "m": self.m, "seed": self.subset_seed, "indices": self.indices.tolist()},
-                    Path(self.output_dir) / "few_shot_indices.json",
-                )
         if self.mean is None or self.std is None:
             # datasets without published constants are normalised with their own train statistics
             pixels = train.images.float().div(255.0)

@@ -113,7 +113,8 @@ def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: st
     if not split_dir.is_dir():
         raise UserError(f"{split_dir} does not exist: dataset.root must hold train/<class>/* and test/<class>/* folders")
     try:
-        folder = ImageFolder(str(split_dir))
+        # allow_empty: our own check below names the empty class folders
+        folder = ImageFolder(str(split_dir), allow_empty=True)
     except FileNotFoundError as err:
         raise UserError(f"{split_dir} holds no usable images ({err}): every class folder needs image files") from None
     empty = [c for c in folder.classes if folder.targets.count(folder.class_to_idx[c]) == 0]
