@@ -122,6 +122,7 @@ def test_resume_keeps_the_original_theta_0(finetuned, zero_shot_student, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("theta_0.", "student.")))
     assert resumed["start_test_acc"] == straight["start_test_acc"]
     assert resumed["test_acc"] == straight["test_acc"]
+    assert resumed["best_test_acc"] == straight["best_test_acc"]  # evaluations before the kill count too
 
 
 @pytest.mark.parametrize("drop, message", [("dataset.m", "add dataset.m=M"), ("student.checkpoint", "add student.checkpoint=")])

@@ -11,7 +11,7 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
-from zskt_test_helpers import KillAtEpoch, run_with_callbacks
+from zskt_test_helpers import KillAtEpoch
 from zskt.checkpoints import load_model
 from zskt.models import Generator, WideResNet
 
@@ -140,6 +140,7 @@ def test_resume_is_bit_identical(tmp_path, teacher_zoo, monkeypatch, student_bat
     assert tensors_equal(a["state_dict"], b["state_dict"], "generator.")
     assert torch.equal(a["noise_states"], b["noise_states"])
     assert resumed["test_acc"] == straight["test_acc"]
+    assert resumed["best_test_acc"] == straight["best_test_acc"]  # evaluations before the kill count too
 
 
 def test_resume_without_checkpoint_is_one_line_error(tmp_path, capsys):

@@ -58,6 +58,8 @@ class StudentModule(pl.LightningModule):
         self.eval_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.final_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.best_accuracy = MaxMetric()
+        # in the checkpoint: a resumed run still knows the evaluations made before the kill
+        self.best_accuracy.persistent(True)
         if compile:
             # in place: the state-dict keys keep their names (no `_orig_mod.` prefix)
             self.student.compile()
