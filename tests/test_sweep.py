@@ -111,3 +111,14 @@ def test_hparams_tab_holds_the_final_metrics(tmp_path):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"final/test_acc", "final/best_test_acc",
                                                              "final/teacher_test_acc"}
+
+
+def test_the_slurm_launcher_config_composes_one_gpu_per_job():
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    cfg = job_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "method=zero_shot", "seed=0"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == f"{SlurmLauncher.__module__}.{SlurmLauncher.__name__}"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0
+    assert cfg.trainer.devices == 1  # one single-device run per job

@@ -1,0 +1,58 @@
+"""Every training method data-parallel under CPU `ddp_spawn` with two gloo processes: it runs
+to the end and both ranks hold the same student (zero-shot: tests/test_zero_shot.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import zskt.run
+from zskt_test_helpers import compose_run_config as compose_cfg
+
+TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]  # the teacher_zoo fixture's
+DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy.start_method=spawn",
+       "trainer.strategy.process_group_backend=gloo", "callbacks.progress_bar.refresh_rate=0",
+       "trainer.precision=32-true"]
+
+
+class _SaveRankStudent(pl.Callback):
+    """Each rank saves its final student parameters."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        params = {k: v.detach().cpu().clone() for k, v in pl_module.student.named_parameters()}
+        torch.save(params, Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def zero_shot_student(tmp_path_factory, teacher_zoo) -> Path:
+    root = tmp_path_factory.mktemp("student")
+    zskt.run.execute(compose_cfg(root, ["method=zero_shot", "student.depth=10", *TEACHER, f"paths.models={teacher_zoo}",
+                                        "method.iterations=1", "method.batch_size=8", "method.n_student_steps=1"]))
+    return root / "run" / "model.pt"
+
+
+@pytest.mark.parametrize("method", ["scratch", "kd_at", "zero_shot_modified", "finetune"])
+def test_every_method_runs_under_ddp_and_ranks_agree(tmp_path, teacher_zoo, zero_shot_student, monkeypatch, method):
+    overrides = {
+        "scratch": ["method=scratch", "student.depth=10", "dataset.m=4", "method.epochs=2"],
+        "kd_at": ["method=kd_at", "student.depth=10", *TEACHER, "dataset.m=4", "method.epochs=2"],
+        "zero_shot_modified": ["method=zero_shot_modified", "student.depth=10", *TEACHER, "method.iterations=2",
+                               "method.batch_size=8", "method.n_student_steps=2", "method.eval_every=2"],
+        "finetune": ["method=finetune", f"student.checkpoint={zero_shot_student}", "dataset.m=4", "method.epochs=2"],
+    }[method]
+    original = zskt.run.build_callbacks
+    monkeypatch.setattr(zskt.run, "build_callbacks",
+                        lambda cfg, every: [*original(cfg, every), _SaveRankStudent(str(tmp_path))])
+    results = zskt.run.execute(compose_cfg(tmp_path, [*overrides, f"paths.models={teacher_zoo}", *DDP]))
+    assert results["status"] == "completed"
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)  # model.pt holds the trained student
