@@ -57,7 +57,6 @@ def _sync() -> None:
 def measure_zero_shot(spec: dict) -> dict:
     """Seconds per zero-shot iteration (median over the timed ones) under one setting."""
     import pytorch_lightning as pl
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from zskt.methods.zero_shot import ZeroShot

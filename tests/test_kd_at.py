@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import pytorch_lightning as pl
 import torch
 from zskt_test_helpers import compose_run_config, run_with_callbacks
