@@ -25,3 +25,14 @@ def teacher_zoo(tmp_path_factory) -> Path:
     )
     assert results["test_acc"] > 80.0
     return root / "outputs" / "models"
+
+
+@pytest.fixture(scope="session")
+def zero_shot_student(tmp_path_factory, teacher_zoo) -> Path:
+    """A (barely trained) zero-shot WRN-10-1 student's model.pt, from the zoo's WRN-10-2; it records its teacher."""
+    root = tmp_path_factory.mktemp("zero-shot-student")
+    zskt.run.execute(compose_run_config(root, [
+        "method=zero_shot", "student.depth=10", "teacher.depth=10", "teacher.width=2", "teacher.seed=0",
+        f"paths.models={teacher_zoo}", "method.iterations=2", "method.batch_size=16", "method.n_student_steps=2",
+        "method.eval_every=2"]))
+    return root / "run" / "model.pt"

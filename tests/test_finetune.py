@@ -34,15 +34,6 @@ class _Probe(pl.Callback):
         self.modes.add((pl_module.student.training, pl_module.teacher.training))
 
 
-@pytest.fixture(scope="module")
-def zero_shot_student(tmp_path_factory, teacher_zoo) -> Path:
-    """A (barely trained) zero-shot WRN-10-1 student's model.pt; it records its teacher."""
-    root = tmp_path_factory.mktemp("zero-shot")
-    run(root, ["method=zero_shot", "student.depth=10", *TEACHER, f"paths.models={teacher_zoo}",
-               "method.iterations=2", "method.batch_size=16", "method.n_student_steps=2", "method.eval_every=2"])
-    return root / "run" / "model.pt"
-
-
 def finetune_overrides(student: Path, tmp: Path, *extra: str) -> list[str]:
     # an empty model zoo: the teacher can only come from the student's model.pt
     return [*FINETUNE, f"student.checkpoint={student}", f"paths.models={tmp / 'empty-zoo'}", *extra]

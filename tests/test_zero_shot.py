@@ -120,7 +120,8 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, mo
     assert captured["s_loss"] == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("student_batch", ["pre_update", "fresh"])
+# pre_update (the default) on a real SIGKILL: tests/test_reliability.py
+@pytest.mark.parametrize("student_batch", ["fresh"])
 def test_resume_is_bit_identical(tmp_path, teacher_zoo, monkeypatch, student_batch):
     overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", f"method.student_batch={student_batch}")
     straight = zskt.run.execute(compose_cfg(tmp_path / "a", overrides))
