@@ -110,7 +110,7 @@ def read_checkpoint(path: str | os.PathLike, allow_unsafe: bool = False) -> Any:
                        "it holds more than tensors and plain containers")
         raise UserError(f"checkpoint {path} needs arbitrary unpickling to load ({refused[:160]}): re-save it as a "
                         "plain state dict, or pass checkpoint.allow_unsafe=true if you trust whoever made it") from None
-    except (AttributeError, ModuleNotFoundError, ImportError) as err:  # unsafe loading of classes that are gone
+    except (AttributeError, ImportError) as err:  # unsafe loading of classes that are gone
         raise UserError(f"checkpoint {path} refers to code that is not installed ({err}): "
                         "re-save it as a plain state dict") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:

@@ -25,6 +25,7 @@ from hydra.utils import get_class, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from zskt.callbacks import Diverged
@@ -247,8 +248,7 @@ def execute(raw: DictConfig) -> dict:
         module.student.load_state_dict(initial.state_dict())
 
     trainer = build_trainer(cfg, module)
-    # every input is checked: from here on the run writes its outputs
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # every input is checked: from here on the run writes its outputs (check_output_dir made the dir)
     if not cfg.resume:
         atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
     datamodule.save_subset()
@@ -269,11 +269,12 @@ def execute(raw: DictConfig) -> dict:
         except Diverged as err:
             return report_divergence(cfg, output_dir, str(err), time.perf_counter() - start)
         except SIGTERMException:
-            # Lightning stopped at the end of a batch and the on_exception callback saved the moment
-            print(f"zskt: stopped by SIGTERM at step {trainer.global_step}: the moment is saved in "
-                  f"{output_dir}/checkpoints/interrupted.ckpt; resume with `python -m zskt.run "
-                  f"hydra.run.dir={output_dir} resume=true` (from the last evaluation's checkpoint, last.ckpt)",
-                  file=sys.stderr)
+            # Lightning stopped at the end of a batch; an OnExceptionCheckpoint (callbacks.on_exception) saved the moment
+            saved = [f"the moment is saved in {c.ckpt_path}; " for c in trainer.callbacks
+                     if isinstance(c, OnExceptionCheckpoint)]
+            print(f"zskt: stopped by SIGTERM at step {trainer.global_step}: {''.join(saved)}resume with "
+                  f"`python -m zskt.run hydra.run.dir={output_dir} resume=true` (from the last evaluation's "
+                  "checkpoint, last.ckpt)", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
     final = tested["final_test_acc"]
