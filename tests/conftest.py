@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from zskt_test_helpers import compose_run_config
+from zskt_test_helpers import compose_run_config, TEACHER
 
 import zskt.run
 
@@ -32,7 +32,6 @@ def zero_shot_student(tmp_path_factory, teacher_zoo) -> Path:
     """A (barely trained) zero-shot WRN-10-1 student's model.pt, from the zoo's WRN-10-2; it records its teacher."""
     root = tmp_path_factory.mktemp("zero-shot-student")
     zskt.run.execute(compose_run_config(root, [
-        "method=zero_shot", "student.depth=10", "teacher.depth=10", "teacher.width=2", "teacher.seed=0",
-        f"paths.models={teacher_zoo}", "method.iterations=2", "method.batch_size=16", "method.n_student_steps=2",
+        "method=zero_shot", "student.depth=10", *TEACHER, f"paths.models={teacher_zoo}", "method.iterations=2", "method.batch_size=16", "method.n_student_steps=2",
         "method.eval_every=2"]))
     return root / "run" / "model.pt"

@@ -12,10 +12,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-import zskt.run
-from zskt_test_helpers import compose_run_config as compose_cfg
+from zskt_test_helpers import run_with_callbacks, TEACHER
 
-TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]  # the teacher_zoo fixture's
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy.start_method=spawn",
        "trainer.strategy.process_group_backend=gloo", "callbacks.progress_bar.refresh_rate=0",
        "trainer.precision=32-true"]
@@ -33,15 +31,13 @@ class _SaveRankStudent(pl.Callback):
 
 
 @pytest.mark.parametrize("method", ["kd_at", "finetune"])
-def test_every_method_runs_under_ddp_and_ranks_agree(tmp_path, teacher_zoo, zero_shot_student, monkeypatch, method):
+def test_every_method_runs_under_ddp_and_ranks_agree(tmp_path, teacher_zoo, zero_shot_student, method):
     overrides = {
         "kd_at": ["method=kd_at", "student.depth=10", *TEACHER, "dataset.m=4", "method.epochs=2"],
         "finetune": ["method=finetune", f"student.checkpoint={zero_shot_student}", "dataset.m=4", "method.epochs=2"],
     }[method]
-    original = zskt.run.build_callbacks
-    monkeypatch.setattr(zskt.run, "build_callbacks",
-                        lambda cfg, every: [*original(cfg, every), _SaveRankStudent(str(tmp_path))])
-    results = zskt.run.execute(compose_cfg(tmp_path, [*overrides, f"paths.models={teacher_zoo}", *DDP]))
+    results = run_with_callbacks(tmp_path, [*overrides, f"paths.models={teacher_zoo}", *DDP],
+                                 [_SaveRankStudent(str(tmp_path))])
     assert results["status"] == "completed"
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys()

@@ -12,11 +12,10 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
-from zskt_test_helpers import KillAtEpoch
+from zskt_test_helpers import KillAtEpoch, TEACHER
 from zskt_test_helpers import run_with_callbacks as run
 from zskt.checkpoints import load_model
 
-TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]  # the teacher_zoo fixture's
 FINETUNE = ["method=finetune", "dataset.m=5", "method.epochs=3", "method.evaluations=3"]  # evaluate + checkpoint every epoch
 
 

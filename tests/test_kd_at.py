@@ -7,11 +7,10 @@ import json
 
 import pytorch_lightning as pl
 import torch
-from zskt_test_helpers import compose_run_config, run_with_callbacks
+from zskt_test_helpers import compose_run_config, run_with_callbacks, TEACHER
 
 import zskt.run
 
-TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]  # the teacher_zoo fixture's
 
 
 class _TeacherProbe(pl.Callback):

@@ -17,9 +17,8 @@ import torch
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
-from zskt_test_helpers import cli, KillAtEpoch, run_with_callbacks
+from zskt_test_helpers import cli, KillAtEpoch, run_with_callbacks, TEACHER
 
-TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]  # the teacher_zoo fixture's
 ZERO_SHOT = ["student.depth=10", "method.batch_size=16", "method.n_student_steps=2", "method.eval_every=2"]
 
 # each method at a tiny budget with at least three checkpoints (one per epoch or evaluation)

@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = str(REPO / "conf")
 # fast and machine-independent: no progress bar, fp32 whatever the CPU, the offline digits set
 FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true", "dataset=digits"]
+# the teacher the session-wide teacher_zoo fixture (conftest.py) trains: WRN-10-2, seed 0
+TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]
 
 
 def compose_run_config(tmp: Path, overrides: list[str], run_dir: Path | None = None):
