@@ -1,7 +1,7 @@
 """Summarise zskt runs: every results.json under the given sweep or run dirs, as one table.
 
     python scripts/summarize.py outputs/multirun/<stamp> [more dirs] [--paper]
-        [--csv summary.csv] [--json summary.json] [--plot summary.png]
+        [--csv summary.csv] [--json summary.json] [--plot summary.png] [--transitions curves.png]
 
 Runs are grouped by (method, from, dataset, teacher, student, M, budget): `from` is the method of
 the model a run starts from (fine-tuning and belief matching, read from the results.json next to
@@ -9,7 +9,8 @@ its student.checkpoint), `budget` the training length (so short test runs never 
 full-budget ones). Each group shows the final test accuracy (the headline) as mean ± sample
 standard deviation (n - 1) over its runs (seeds), the best-of-evaluations accuracy (the best of
 the periodic test-set evaluations: test-set model selection, the number the originals report)
-in its own column, the count n, and for belief matching (method abm) the mean transition error.
+in its own column, the count n, the mean wall time of a run, and for belief matching (method abm)
+the mean transition error.
 Runs without a results.json (still running, or crashed) and runs whose status is not
 "completed" are listed in a section of their own.
 
@@ -17,6 +18,9 @@ Runs without a results.json (still running, or crashed) and runs whose status is
 row where one exists. --plot writes ONE PNG with two panels: top, accuracy vs M per method
 (the paper's Figure 2: one line per method/dataset/teacher/student, error bars = std, full
 data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
+--transitions writes a PNG of the transition curves of every belief-matching group (the paper's
+Figure 4): the student's p_j solid, the teacher's dashed, each the mean over the group's runs of
+the transition_curves.csv its run wrote.
 
 Exit status 2 with one line on stderr when a DIR does not exist or holds no results.json.
 """
@@ -42,6 +46,7 @@ from paper_numbers import format_value, published  # noqa: E402
 
 RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
+TRANSITION_CURVES = "transition_curves.csv"   # written by method=abm beside its results.json
 ZERO_SHOT = ("zero_shot", "zero_shot_modified")  # M = 0: no training images at all
 NOT_TRAINED = ("abm", "evaluate")                 # evaluations of an existing model
 METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune", "abm", "evaluate")
@@ -50,7 +55,7 @@ NOTE = ("final = test accuracy at the end of training (the headline); best-of-ev
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
 CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "n", "seeds",
                "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
-               "teacher_test_acc_mean", "paper", "study")
+               "teacher_test_acc_mean", "paper", "study", "wall_time_s_mean")
 
 
 class SummaryError(Exception):
@@ -67,6 +72,8 @@ class Run:
     best_test_acc: float | None
     mte: float | None
     teacher_test_acc: float | None
+    wall_time_s: float | None
+    job: Path  # the run's directory (belief matching's transition_curves.csv is read from it)
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def load_run(path: Path) -> Run | Unfinished:
     key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
            arch(results["student"]), results.get("m"), budget_label(results.get("budget")))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
-               (results.get("teacher") or {}).get("test_acc"))
+               (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"), path.parent)
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -189,10 +196,11 @@ def summarize(runs: list[Run]) -> list[dict]:
         row = {"method": method, "from": start, "dataset": dataset, "teacher": teacher, "student": student,
                "m": m, "m_label": m_label(method, m), "budget": budget, "n": len(members),
                "seeds": sorted((r.seed for r in members if r.seed is not None))}
-        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc"):
+        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
         numbers = published(method, start, dataset, teacher, student, m, "mte" if method == "abm" else "test_acc")
         row["paper"], row["study"] = (numbers["paper"], numbers["study"]) if numbers else (None, None)
+        row["jobs"] = [str(r.job) for r in members]
         rows.append(row)
     return sorted(rows, key=sort_key)
 
@@ -219,6 +227,7 @@ def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[di
         columns.append(("MTE", lambda r: cell(r["mte_mean"], r["mte_std"], 3)))
     if paper:
         columns += [("paper", lambda r: format_value(r["paper"])), ("study", lambda r: format_value(r["study"]))]
+    columns.append(("wall s (mean)", lambda r: "-" if r["wall_time_s_mean"] is None else f"{r['wall_time_s_mean']:.0f}"))
     return columns
 
 
@@ -352,6 +361,49 @@ def plot(rows: list[dict], path: Path, paper: bool = False) -> None:
     fig.savefig(path, dpi=110)
 
 
+def read_curves(job: str) -> dict[str, list[float]] | None:
+    """A belief-matching run's transition_curves.csv as columns (k, p_student, p_teacher, ...); None if absent."""
+    path = Path(job) / TRANSITION_CURVES
+    if not path.is_file():
+        return None
+    with path.open() as handle:
+        records = list(csv.DictReader(handle))
+    return {name: [float(r[name]) for r in records] for name in records[0]} if records else None
+
+
+def transition_groups(rows: list[dict]) -> list[tuple[dict, int, list[float], list[float]]]:
+    """(row, K, mean student curve, mean teacher curve) per belief-matching group with curves on disk;
+    SummaryError when there is none."""
+    groups = []
+    for row in rows:
+        curves = [c for c in (read_curves(job) for job in row["jobs"]) if c] if row["method"] == "abm" else []
+        if curves:
+            length = min(len(c["k"]) for c in curves)
+            groups.append((row, length, *[[statistics.fmean(c[name][i] for c in curves) for i in range(length)]
+                                           for name in ("p_student", "p_teacher")]))
+    if not groups:
+        raise SummaryError(f"--transitions: no belief-matching (method=abm) run with a {TRANSITION_CURVES} to draw")
+    return groups
+
+
+def plot_transitions(groups: list[tuple[dict, int, list[float], list[float]]], path: Path) -> None:
+    """Figure 4: per belief-matching group, the mean over its runs of the student's (solid) and the
+    teacher's (dashed) transition curve, p_j against k, with the group's MTE in the legend."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for (row, length, student, teacher), color in zip(groups, itertools.cycle([f"C{i}" for i in range(10)])):
+        who = f"{row['student']} student from {row['from'] or 'an unknown method'}"
+        ax.plot(range(length), student, color=color, label=f"{who} (MTE {cell(row['mte_mean'], row['mte_std'], 3)}, n = {row['n']})")
+        ax.plot(range(length), teacher, color=color, linestyle="--", label=f"its teacher {row['teacher']}")
+    ax.set(xlabel="k (gradient steps on the student's input)", ylabel="$p_j$ (target-class probability)", ylim=(0, 1),
+           title="Transition curves: mean $p_j$ over images and targets; MTE = mean |student - teacher|")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, dpi=110)
+
+
 # ---------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="summarize.py", description=__doc__,
@@ -363,6 +415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write groups and unfinished runs as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE",
                         help="write one PNG: accuracy vs M (Figure 2) above the teacher/student table (Table 1)")
+    parser.add_argument("--transitions", type=Path, metavar="FILE",
+                        help="write a PNG of the belief-matching transition curves, student vs teacher (Figure 4)")
     return parser.parse_args(argv)
 
 
@@ -374,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summarize: error: {err}", file=sys.stderr)
         return 2
     rows = summarize(runs)
+    try:  # checked before anything is written
+        curves = transition_groups(rows) if args.transitions else []
+    except SummaryError as err:
+        print(f"summarize: error: {err}", file=sys.stderr)
+        return 2
     print(markdown(rows, unfinished, args.paper), end="")
     if args.csv:
         write_csv(rows, args.csv)
@@ -381,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(rows, unfinished, args.json)
     if args.plot:
         plot(rows, args.plot, args.paper)
+    if args.transitions:
+        plot_transitions(curves, args.transitions)
     return 0
 
 

@@ -127,7 +127,7 @@ def test_published_numbers_sit_beside_their_rows(tree):
     assert rows[("zero_shot", None, "cifar10", "0", "800 it ×0.01")]["paper"] == (83.69, 0.58)
     text = summarize.markdown(list(rows.values()), [], paper=True)
     header = next(line for line in text.splitlines() if line.startswith("| method"))
-    assert header.endswith("| paper | study |") and "| from |" in header and "| MTE |" in header
+    assert header.endswith("| paper | study | wall s (mean) |") and "| from |" in header and "| MTE |" in header
     assert "| 83.69 ± 0.58 | 83.63 |" in text
     assert "| paper |" not in summarize.markdown(list(rows.values()), [])
 
@@ -190,3 +190,37 @@ def test_help_explains_the_columns(capsys):
     text = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert all(word in text for word in ("best-of-evaluations", "sample", "--paper", "--csv", "--json", "--plot", "ONE PNG"))
+
+
+def test_wall_time_column_is_the_group_mean(tree):
+    rows = by_key(summarize.summarize(summarize.find_runs([tree])[0]))
+    assert rows[("kd_at", None, "cifar10", "10", "100000 ep")]["wall_time_s_mean"] == pytest.approx(1.0)
+    table = summarize.markdown(list(rows.values()), [])
+    assert "| wall s (mean) |" in table.splitlines()[4]
+
+
+def write_curves(job: Path, p_student: list[float], p_teacher: list[float]) -> None:
+    lines = ["k,p_student,p_student_stderr,p_teacher,p_teacher_stderr"]
+    lines += [f"{k},{s},0.01,{t},0.01" for k, (s, t) in enumerate(zip(p_student, p_teacher))]
+    (job / "transition_curves.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_transition_curves_are_averaged_over_a_groups_runs_and_drawn(tree, tmp_path):
+    write_curves(tree / "abm_zs_0", [0.1, 0.5, 0.9], [0.1, 0.3, 0.5])
+    write_curves(tree / "abm_zs_1", [0.2, 0.6, 0.7], [0.1, 0.2, 0.3])
+    rows = summarize.summarize(summarize.find_runs([tree])[0])
+    (row, length, student, teacher), = summarize.transition_groups(rows)  # abm_kd has no curves on disk
+    assert (row["from"], length) == ("zero_shot", 3)
+    assert student == pytest.approx([0.15, 0.55, 0.8]) and teacher == pytest.approx([0.1, 0.25, 0.4])
+
+    out = tmp_path / "curves.png"
+    assert summarize.main([str(tree), "--transitions", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_SIGNATURE and out.stat().st_size > 10_000
+
+
+def test_transitions_without_belief_matching_runs_is_one_line_and_writes_nothing(tree, tmp_path, capsys):
+    csv_out, png_out = tmp_path / "s.csv", tmp_path / "curves.png"
+    assert summarize.main([str(tree), "--csv", str(csv_out), "--transitions", str(png_out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "no belief-matching" in captured.err
+    assert not csv_out.exists() and not png_out.exists()
