@@ -9,7 +9,8 @@ its student.checkpoint), `budget` the training length (so short test runs never 
 full-budget ones). Each group shows the final test accuracy (the headline) as mean ± sample
 standard deviation (n - 1) over its runs (seeds), the best-of-evaluations accuracy (the best of
 the periodic test-set evaluations: test-set model selection, the number the originals report)
-in its own column, the count n, the mean wall time of a run, and for belief matching (method abm)
+in its own column, the count n, the mean wall time of a run, the images the student was trained
+on (results.json's budget.student_images: the unit that puts methods on equal compute), and for belief matching (method abm)
 the mean transition error.
 Runs without a results.json (still running, or crashed) and runs whose status is not
 "completed" are listed in a section of their own.
@@ -55,7 +56,8 @@ NOTE = ("final = test accuracy at the end of training (the headline); best-of-ev
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
 CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "n", "seeds",
                "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
-               "teacher_test_acc_mean", "paper", "study", "wall_time_s_mean")
+               "teacher_test_acc_mean", "paper", "study", "wall_time_s_mean",
+               "student_images_mean")
 
 
 class SummaryError(Exception):
@@ -73,6 +75,7 @@ class Run:
     mte: float | None
     teacher_test_acc: float | None
     wall_time_s: float | None
+    student_images: int | None  # images the student took optimiser steps on (results.json's budget)
     job: Path  # the run's directory (belief matching's transition_curves.csv is read from it)
 
 
@@ -132,7 +135,8 @@ def load_run(path: Path) -> Run | Unfinished:
     key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
            arch(results["student"]), results.get("m"), budget_label(results.get("budget")))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
-               (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"), path.parent)
+               (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
+               (results.get("budget") or {}).get("student_images"), path.parent)
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -196,7 +200,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         row = {"method": method, "from": start, "dataset": dataset, "teacher": teacher, "student": student,
                "m": m, "m_label": m_label(method, m), "budget": budget, "n": len(members),
                "seeds": sorted((r.seed for r in members if r.seed is not None))}
-        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s"):
+        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "student_images"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
         numbers = published(method, start, dataset, teacher, student, m, "mte" if method == "abm" else "test_acc")
         row["paper"], row["study"] = (numbers["paper"], numbers["study"]) if numbers else (None, None)
@@ -220,6 +224,7 @@ def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[di
         columns.append(("from", lambda r: r["from"] or ""))
     columns += [("dataset", lambda r: r["dataset"]), ("teacher", lambda r: r["teacher"] or "-"),
                 ("student", lambda r: r["student"]), ("M", lambda r: r["m_label"]), ("budget", lambda r: r["budget"]),
+                ("student images", lambda r: "-" if r["student_images_mean"] is None else f"{r['student_images_mean']:,.0f}"),
                 ("n", lambda r: str(r["n"])),
                 ("final acc %", lambda r: cell(r["test_acc_mean"], r["test_acc_std"])),
                 ("best-of-evals acc % (test-set selection)", lambda r: cell(r["best_test_acc_mean"], r["best_test_acc_std"]))]

@@ -83,7 +83,7 @@ def test_starting_accuracy_is_recorded_next_to_final_and_best(finetuned, zero_sh
     evaluated = run(tmp_path, ["method=evaluate", f"student.checkpoint={zero_shot_student}"])
     assert results["start_test_acc"] == pytest.approx(evaluated["test_acc"], abs=1e-3)
     assert results["best_test_acc"] >= results["test_acc"]
-    assert results["m"] == 5 and results["budget"] == {"epochs": 3, "budget_scale": 1.0}
+    assert results["m"] == 5 and results["budget"] == {"epochs": 3, "budget_scale": 1.0, "student_images": 3 * 10 * 5}
 
 
 def test_teacher_is_the_one_recorded_in_the_students_model_pt(finetuned, zero_shot_student, tmp_path):

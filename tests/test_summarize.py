@@ -25,7 +25,7 @@ def write_run(job: Path, **fields) -> Path:
     """A completed results.json in `job` (defaults: KD+AT WRN-40-2 -> WRN-16-1 on CIFAR-10, M = 10)."""
     results = {"status": "completed", "method": "kd_at", "dataset": "cifar10", "m": 10, "seed": 0,
                "student": S16_1, "teacher": T40_2, "test_acc": 0.0, "best_test_acc": 0.0,
-               "budget": {"epochs": 100000, "budget_scale": 1.0}, "wall_time_s": 1.0, "model": "model.pt",
+               "budget": {"epochs": 100000, "budget_scale": 1.0, "student_images": 10_000_000}, "wall_time_s": 1.0, "model": "model.pt",
                "precision": "bf16-mixed", **fields}
     job.mkdir(parents=True)
     (job / "results.json").write_text(json.dumps(results))
@@ -148,7 +148,7 @@ def test_command_line_writes_table_csv_json_and_plot(tree, tmp_path):
                            "--csv", str(out["s.csv"]), "--json", str(out["s.json"]), "--plot", str(out["s.png"])],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "| kd_at |  | cifar10 | WRN-40-2 | WRN-16-1 | 10 | 100000 ep | 3 | 38.00 ± 2.00 | 40.00 ± 3.61 |" in done.stdout
+    assert "| kd_at |  | cifar10 | WRN-40-2 | WRN-16-1 | 10 | 100000 ep | 10,000,000 | 3 | 38.00 ± 2.00 | 40.00 ± 3.61 |" in done.stdout
     assert "sample std (n - 1)" in done.stdout and "## Unfinished runs: 3" in done.stdout
 
     with out["s.csv"].open() as handle:
@@ -195,6 +195,8 @@ def test_help_explains_the_columns(capsys):
 def test_wall_time_column_is_the_group_mean(tree):
     rows = by_key(summarize.summarize(summarize.find_runs([tree])[0]))
     assert rows[("kd_at", None, "cifar10", "10", "100000 ep")]["wall_time_s_mean"] == pytest.approx(1.0)
+    assert rows[("kd_at", None, "cifar10", "10", "100000 ep")]["student_images_mean"] == 10_000_000
+    assert rows[("zero_shot", None, "cifar10", "0", "80000 it")]["student_images_mean"] is None  # not recorded
     table = summarize.markdown(list(rows.values()), [])
     assert "| wall s (mean) |" in table.splitlines()[4]
 

@@ -37,7 +37,8 @@ def test_runs_exact_iterations_and_keeps_teacher_frozen(tmp_path, teacher_zoo):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # 1 generator + 2 student optimiser steps per iteration; 3 iterations, the last "epoch" shorter
     assert ckpt["global_step"] == 3 * (1 + 2)
-    assert results["budget"] == {"iterations": 3, "budget_scale": 1.0}
+    # the student trains on 3 iterations x 2 steps x 16 images
+    assert results["budget"] == {"iterations": 3, "budget_scale": 1.0, "student_images": 96}
     state = ckpt["state_dict"]
     teacher_state = {f"teacher.{k}": v for k, v in teacher_before.state_dict().items()}
     assert tensors_equal(state, teacher_state, "teacher.")  # weights and BN buffers untouched

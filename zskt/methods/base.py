@@ -74,8 +74,14 @@ class StudentModule(pl.LightningModule):
         return count_parameters(self.student)
 
     def budget(self) -> dict:
-        """The training length, for results.json."""
+        """The training length, for results.json; `student_images` counts the images the student
+        took optimiser steps on (the unit that makes methods' compute comparable)."""
         return {}
+
+    def images_per_epoch(self) -> int:
+        """The train images an epoch passes over: the (few-shot) split the datamodule serves
+        (a DDP sampler pads it to a multiple of the world size: at most world_size - 1 more)."""
+        return len(self.trainer.datamodule.train_split.labels)
 
     def extra_results(self) -> dict:
         """Method-specific entries merged into results.json (e.g. a fine-tune's starting accuracy)."""

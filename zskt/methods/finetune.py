@@ -68,7 +68,8 @@ class Finetune(DistillationModule):
 
     # ------------------------------------------------------------------ bookkeeping
     def budget(self) -> dict:
-        return {"epochs": self.max_epochs, "budget_scale": self.hparams.budget_scale}
+        return {"epochs": self.max_epochs, "budget_scale": self.hparams.budget_scale,
+                "student_images": self.max_epochs * self.images_per_epoch()}
 
     def extra_results(self) -> dict:
         return {"start_test_acc": round(float(self.start_accuracy), 4)}

@@ -51,7 +51,8 @@ class SGDTrained:
         self.eval_every = evaluation_period(self.max_epochs, r.evaluations)
 
     def budget(self) -> dict:
-        return {"epochs": self.max_epochs, "budget_scale": self.recipe.budget_scale}
+        return {"epochs": self.max_epochs, "budget_scale": self.recipe.budget_scale,
+                "student_images": self.max_epochs * self.images_per_epoch()}
 
     def configure_optimizers(self):
         r = self.recipe

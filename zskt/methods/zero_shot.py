@@ -86,7 +86,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
 
     # ------------------------------------------------------------------ bookkeeping
     def budget(self) -> dict:
-        return {"iterations": self.total_iterations, "budget_scale": self.hparams.budget_scale}
+        hp = self.hparams
+        # student optimiser steps only; the generator step's pass through the student adds batch_size more
+        return {"iterations": self.total_iterations, "budget_scale": hp.budget_scale,
+                "student_images": self.total_iterations * hp.n_student_steps * hp.batch_size * self.trainer.world_size}
 
     @property
     def iteration(self) -> int:
