@@ -17,7 +17,7 @@ Runs without a results.json (still running, or crashed) and runs whose status is
 
 --paper adds the published numbers of SPEC section 5 (scripts/paper_numbers.py) beside each
 row where one exists. --plot writes ONE PNG with two panels: top, accuracy vs M per method
-(the paper's Figure 2: one line per method/dataset/teacher/student, error bars = std, full
+(the paper's Figure 2: one line per method/dataset/teacher/student and budget scale, error bars = std, full
 data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
 --transitions writes a PNG of the transition curves of every belief-matching group (the paper's
 Figure 4): the student's p_j solid, the teacher's dashed, each the mean over the group's runs of
@@ -76,6 +76,7 @@ class Run:
     teacher_test_acc: float | None
     wall_time_s: float | None
     student_images: int | None  # images the student took optimiser steps on (results.json's budget)
+    budget_scale: float  # method.budget_scale: runs of one method at different scales are different curves
     job: Path  # the run's directory (belief matching's transition_curves.csv is read from it)
 
 
@@ -136,7 +137,8 @@ def load_run(path: Path) -> Run | Unfinished:
            arch(results["student"]), results.get("m"), budget_label(results.get("budget")))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
                (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
-               (results.get("budget") or {}).get("student_images"), path.parent)
+               (results.get("budget") or {}).get("student_images"), (results.get("budget") or {}).get("budget_scale", 1.0),
+               path.parent)
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -198,7 +200,8 @@ def summarize(runs: list[Run]) -> list[dict]:
     for key, members in groups.items():
         method, start, dataset, teacher, student, m, budget = key
         row = {"method": method, "from": start, "dataset": dataset, "teacher": teacher, "student": student,
-               "m": m, "m_label": m_label(method, m), "budget": budget, "n": len(members),
+               "m": m, "m_label": m_label(method, m), "budget": budget, "budget_scale": members[0].budget_scale,
+               "n": len(members),
                "seeds": sorted((r.seed for r in members if r.seed is not None))}
         for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "student_images"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
@@ -282,24 +285,37 @@ def series_label(row: dict) -> str:
     return f"{row['method']}{start}, {row['dataset']}, {row['teacher'] or 'no teacher'} → {row['student']}"
 
 
+def curve_series(rows: list[dict]) -> list[tuple[list[dict], list[dict]]]:
+    """Figure 2's lines: per (method, from, dataset, teacher, student, budget scale), its rows over M sorted
+    by M, and the full-data rows of the same method and networks (drawn once, with its first line). A
+    longer run at the same M (a larger method.budget_scale) is a line of its own, not a point of this one."""
+    lines: dict[tuple, list[dict]] = {}
+    full: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["method"] in NOT_TRAINED + ZERO_SHOT:
+            continue
+        networks = (row["method"], row["from"], row["dataset"], row["teacher"], row["student"])
+        if row["m"] is None:
+            full.setdefault(networks, []).append(row)
+        else:
+            lines.setdefault(networks + (row["budget_scale"],), []).append(row)
+    return [(sorted(points, key=lambda r: r["m"]), full.pop(key[:-1], [])) for key, points in lines.items()]
+
+
 def draw_curves(ax, rows: list[dict], paper: bool) -> None:
     """Figure 2: test accuracy vs M, one line per series, std error bars; full data dashed, zero-shot dotted."""
-    series: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row["method"] not in NOT_TRAINED + ZERO_SHOT:
-            series.setdefault((row["method"], row["from"], row["dataset"], row["teacher"], row["student"]), []).append(row)
-    drawn, colors = set(), itertools.cycle([f"C{i}" for i in range(10)])
-    for members in series.values():
-        points = sorted((r for r in members if r["m"] is not None), key=lambda r: r["m"])
-        if not points:
-            continue
+    drawn, marked, colors = set(), set(), itertools.cycle([f"C{i}" for i in range(10)])
+    for points, full_rows in curve_series(rows):
         color = next(colors)
+        scale = points[0]["budget_scale"]
         xs, ys = [r["m"] for r in points], [r["test_acc_mean"] for r in points]
         ax.errorbar(xs, ys, yerr=[r["test_acc_std"] or 0.0 for r in points], marker="o", capsize=3, color=color,
-                    label=series_label(points[0]))
-        for full in (r for r in members if r["m"] is None):
+                    label=series_label(points[0]) + ("" if scale == 1.0 else f", budget ×{scale:g}"))
+        for full in full_rows:
             ax.axhline(full["test_acc_mean"], color=color, linestyle="--", label=f"{series_label(full)}, full data")
-        if paper:
+        networks = (points[0]["method"], points[0]["from"], points[0]["dataset"], points[0]["teacher"], points[0]["student"])
+        if paper and networks not in marked:  # the published crosses once per method and networks
+            marked.add(networks)
             marks = [(r["m"], r["study"] if r["study"] is not None else r["paper"]) for r in points]
             marks = [(x, v[0] if isinstance(v, tuple) else v) for x, v in marks if v is not None]
             if marks:

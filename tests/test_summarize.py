@@ -226,3 +226,20 @@ def test_transitions_without_belief_matching_runs_is_one_line_and_writes_nothing
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "no belief-matching" in captured.err
     assert not csv_out.exists() and not png_out.exists()
+
+
+def test_a_longer_budget_at_the_same_m_is_its_own_curve(tree):
+    """Figure 2 draws one line per budget scale: a 5x run at M = 10 must not join the M = 10/25 line as a
+    second point at the same M (which drew a vertical segment); full data stays with the first line."""
+    write_run(tree / "kd10_x5", test_acc=70.0, best_test_acc=70.0,
+              budget={"epochs": 500, "budget_scale": 5.0, "student_images": 50_000_000})
+    rows = summarize.summarize(summarize.find_runs([tree])[0])
+    kd_lines = [(points, full) for points, full in summarize.curve_series(rows)
+                if (points[0]["method"], points[0]["from"]) == ("kd_at", None)]
+    by_scale = {points[0]["budget_scale"]: (points, full) for points, full in kd_lines}
+    assert sorted(by_scale) == [1.0, 5.0]
+    points, full = by_scale[1.0]
+    assert [(r["m"], r["test_acc_mean"]) for r in points] == [(10, 38.0), (25, 60.5), (200, 81.0)]
+    assert [r["test_acc_mean"] for r in full] == [92.0]
+    points, full = by_scale[5.0]
+    assert [(r["m"], r["test_acc_mean"]) for r in points] == [(10, 70.0)] and full == []
