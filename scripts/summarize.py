@@ -96,12 +96,15 @@ def arch(node: dict | None) -> str | None:
 
 
 def budget_label(budget: dict | None) -> str:
-    """'80000 it', '200 ep', '2 ep ×0.01' (a scaled-down budget); '-' for evaluations."""
+    """'80000 it', '200 ep', '2 ep ×0.01' (a scaled-down budget), 'K 100, N 1000' (belief matching: its
+    steps and images, so a short evaluation never joins a full one); '-' when the budget says nothing."""
     budget = budget or {}
     if "iterations" in budget:
         text = f"{budget['iterations']} it"
     elif "epochs" in budget:
         text = f"{budget['epochs']} ep"
+    elif "n_images" in budget:
+        return f"K {budget['k']}, N {budget['n_images']}"
     else:
         return "-"
     scale = budget.get("budget_scale", 1.0)

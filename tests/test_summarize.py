@@ -139,6 +139,9 @@ def test_mean_std_and_labels():
     assert summarize.cell(84.0, 1.0) == "84.00 ± 1.00" and summarize.cell(None, None) == "-"
     assert summarize.budget_label({"iterations": 80000, "budget_scale": 1.0}) == "80000 it"
     assert summarize.budget_label({"epochs": 2, "budget_scale": 0.01}) == "2 ep ×0.01"
+    # belief matching: K and N in the label (its budget_scale already scaled them), so N = 30 and N = 1000 never mix
+    assert summarize.budget_label({"k": 100, "n_images": 30, "budget_scale": 1.0}) == "K 100, N 30"
+    assert summarize.budget_label({}) == "-"
     assert [summarize.m_label(m, None) for m in ("zero_shot", "kd_at", "abm")] == ["0", "full", "-"]
 
 
