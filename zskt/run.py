@@ -301,7 +301,7 @@ def execute(raw: DictConfig) -> dict:
         "test_acc": round(float(final), 4),
         "best_test_acc": None if best is None else round(best, 4),
         "best_test_acc_note": "best of the periodic test-set evaluations (the originals' number); test_acc is the final one",
-        "budget": module.budget(),
+        "budget": module.budget(trainer.world_size, len(datamodule.train_split.labels)),
         "wall_time_s": round(time.perf_counter() - start, 2),
         "model": "model.pt" if method_cls.trains else cfg.student.checkpoint,
         "precision": str(trainer.precision),

@@ -196,7 +196,7 @@ class BeliefMatching(DistillationModule):
     def trainer_limits(self) -> dict:
         return {**super().trainer_limits(), "inference_mode": False}
 
-    def budget(self) -> dict:
+    def budget(self, world_size: int, train_images: int) -> dict:
         return {"k": self.k, "n_images": self.n_images, "budget_scale": self.budget_scale}
 
     def extra_results(self) -> dict:

@@ -73,15 +73,13 @@ class StudentModule(pl.LightningModule):
     def student_params(self) -> int:
         return count_parameters(self.student)
 
-    def budget(self) -> dict:
+    def budget(self, world_size: int, train_images: int) -> dict:
         """The training length, for results.json; `student_images` counts the images the student
-        took optimiser steps on (the unit that makes methods' compute comparable)."""
+        took optimiser steps on (the unit that makes methods' compute comparable). `train_images`
+        is the (few-shot) split an epoch passes over (a DDP sampler pads it by at most
+        world_size - 1). Passed in rather than read from self.trainer: under DDP with spawn the
+        module in the launching process is never attached to the trainer."""
         return {}
-
-    def images_per_epoch(self) -> int:
-        """The train images an epoch passes over: the (few-shot) split the datamodule serves
-        (a DDP sampler pads it to a multiple of the world size: at most world_size - 1 more)."""
-        return len(self.trainer.datamodule.train_split.labels)
 
     def extra_results(self) -> dict:
         """Method-specific entries merged into results.json (e.g. a fine-tune's starting accuracy)."""

@@ -67,9 +67,9 @@ class Finetune(DistillationModule):
         return self
 
     # ------------------------------------------------------------------ bookkeeping
-    def budget(self) -> dict:
+    def budget(self, world_size: int, train_images: int) -> dict:
         return {"epochs": self.max_epochs, "budget_scale": self.hparams.budget_scale,
-                "student_images": self.max_epochs * self.images_per_epoch()}
+                "student_images": self.max_epochs * train_images}
 
     def extra_results(self) -> dict:
         return {"start_test_acc": round(float(self.start_accuracy), 4)}

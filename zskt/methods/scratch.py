@@ -50,9 +50,9 @@ class SGDTrained:
         self.max_epochs = epoch_budget(r.epochs, r.full_epochs, m, r.reference_m, r.budget_scale)
         self.eval_every = evaluation_period(self.max_epochs, r.evaluations)
 
-    def budget(self) -> dict:
+    def budget(self, world_size: int, train_images: int) -> dict:
         return {"epochs": self.max_epochs, "budget_scale": self.recipe.budget_scale,
-                "student_images": self.max_epochs * self.images_per_epoch()}
+                "student_images": self.max_epochs * train_images}
 
     def configure_optimizers(self):
         r = self.recipe

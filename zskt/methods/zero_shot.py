@@ -85,11 +85,11 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         check_attention_compatible(self.student, self.teacher)
 
     # ------------------------------------------------------------------ bookkeeping
-    def budget(self) -> dict:
+    def budget(self, world_size: int, train_images: int) -> dict:
         hp = self.hparams
         # student optimiser steps only; the generator step's pass through the student adds batch_size more
         return {"iterations": self.total_iterations, "budget_scale": hp.budget_scale,
-                "student_images": self.total_iterations * hp.n_student_steps * hp.batch_size * self.trainer.world_size}
+                "student_images": self.total_iterations * hp.n_student_steps * hp.batch_size * world_size}
 
     @property
     def iteration(self) -> int:
