@@ -136,12 +136,12 @@ def load_run(path: Path) -> Run | Unfinished:
         return Unfinished(str(path.parent), "unreadable", f"{RESULTS}: {err}")
     if results.get("status") != "completed":
         return Unfinished(str(path.parent), str(results.get("status")), str(results.get("message", "")))
+    budget = results.get("budget") or {}
     key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
-           arch(results["student"]), results.get("m"), budget_label(results.get("budget")))
+           arch(results["student"]), results.get("m"), budget_label(budget))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
                (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
-               (results.get("budget") or {}).get("student_images"), (results.get("budget") or {}).get("budget_scale", 1.0),
-               path.parent)
+               budget.get("student_images"), budget.get("budget_scale", 1.0), path.parent)
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -288,6 +288,11 @@ def series_label(row: dict) -> str:
     return f"{row['method']}{start}, {row['dataset']}, {row['teacher'] or 'no teacher'} → {row['student']}"
 
 
+def networks_of(row: dict) -> tuple:
+    """What a Figure 2 line is drawn for, whatever its budget: (method, from, dataset, teacher, student)."""
+    return row["method"], row["from"], row["dataset"], row["teacher"], row["student"]
+
+
 def curve_series(rows: list[dict]) -> list[tuple[list[dict], list[dict]]]:
     """Figure 2's lines: per (method, from, dataset, teacher, student, budget scale), its rows over M sorted
     by M, and the full-data rows of the same method and networks (drawn once, with its first line). A
@@ -297,7 +302,7 @@ def curve_series(rows: list[dict]) -> list[tuple[list[dict], list[dict]]]:
     for row in rows:
         if row["method"] in NOT_TRAINED + ZERO_SHOT:
             continue
-        networks = (row["method"], row["from"], row["dataset"], row["teacher"], row["student"])
+        networks = networks_of(row)
         if row["m"] is None:
             full.setdefault(networks, []).append(row)
         else:
@@ -316,9 +321,8 @@ def draw_curves(ax, rows: list[dict], paper: bool) -> None:
                     label=series_label(points[0]) + ("" if scale == 1.0 else f", budget ×{scale:g}"))
         for full in full_rows:
             ax.axhline(full["test_acc_mean"], color=color, linestyle="--", label=f"{series_label(full)}, full data")
-        networks = (points[0]["method"], points[0]["from"], points[0]["dataset"], points[0]["teacher"], points[0]["student"])
-        if paper and networks not in marked:  # the published crosses once per method and networks
-            marked.add(networks)
+        if paper and networks_of(points[0]) not in marked:  # the published crosses once per method and networks
+            marked.add(networks_of(points[0]))
             marks = [(r["m"], r["study"] if r["study"] is not None else r["paper"]) for r in points]
             marks = [(x, v[0] if isinstance(v, tuple) else v) for x, v in marks if v is not None]
             if marks:
