@@ -18,14 +18,13 @@ from zskt_test_helpers import compose_run_config
 from zskt.checkpoints import save_model
 from zskt.errors import UserError
 from zskt.evaluation.belief_matching import (
-    CSV_COLUMNS,
     agreeing_images,
     curve_summary,
-    curves_csv,
     mean_transition_error,
     other_classes,
     transition_curves,
 )
+from zskt.evaluation.transition_files import CSV_COLUMNS, curves_csv
 from zskt.models.wide_resnet import WideResNet
 
 C = 10

@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from zskt.checkpoints import atomic_write_json, load_model, save_model
+from zskt.checkpoints import load_model, save_model
+from zskt.io import atomic_write_json
 from zskt.errors import UserError
 from zskt.models import WideResNet
 

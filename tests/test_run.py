@@ -39,11 +39,13 @@ def test_sweep_over_m_writes_one_result_per_job(tmp_path):
     results = sorted((json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")),
                      key=lambda r: r["m"])
     assert [r["m"] for r in results] == [2, 3]
+    assert "Launching 2 jobs locally" in done.stdout
     for number, m in enumerate((2, 3), start=1):
-        # each job's dir is named by its overrides (the progress bar's left out), announced as it starts
+        # each job's dir is named by its overrides (the progress bar's left out); Hydra's launcher announces
+        # each job as it starts
         job = tmp_path / "sweep" / f"dataset.m={m},dataset=digits,method.epochs=2,method=scratch,student.depth=10"
-        assert f"zskt: sweep job {number} of 2: method=scratch dataset=digits student.depth=10 method.epochs=2 " \
-               f"dataset.m={m} callbacks.progress_bar.refresh_rate=0 (in {job.resolve()})" in done.stdout
+        assert f"#{number - 1} : method=scratch dataset=digits student.depth=10 method.epochs=2 " \
+               f"dataset.m={m} callbacks.progress_bar.refresh_rate=0" in done.stdout
         chosen = json.loads((job / "few_shot_indices.json").read_text())
         assert chosen["m"] == m and len(chosen["indices"]) == 10 * m
         # TensorBoard's HPARAMS tab: the job's overrides beside its final accuracy
@@ -66,5 +68,6 @@ def test_few_shot_epochs_follow_the_recipe(compose_cfg, tmp_path):
     from hydra.utils import instantiate
 
     cfg = compose_cfg(tmp_path, ["method=scratch", "dataset=svhn", "dataset.m=25", "method.budget_scale=0.5"])
-    module = instantiate(cfg.method, student={"depth": 10, "width": 1, "num_classes": 10}, m=25, _convert_="all")
+    module = instantiate(cfg.method, student={"depth": 10, "width": 1, "num_classes": 10}, m=25,
+                         channels_last=cfg.channels_last, compile=cfg.compile, _convert_="all")
     assert module.max_epochs == int(100 * 5000 / 25) // 2  # E = 100 on SVHN, halved by budget_scale

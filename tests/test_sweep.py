@@ -1,5 +1,5 @@
 """zskt.sweep and the sweep settings of conf/hydra: job dirs named by their overrides (the same
-on resume), the per-job progress line, and the final metrics in TensorBoard's HPARAMS tab."""
+on resume), and the final metrics in TensorBoard's HPARAMS tab."""
 
 from __future__ import annotations
 
@@ -9,30 +9,18 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from zskt.sweep import count_jobs, final_hparams, log_final_hparams, progress_line
+from zskt.sweep import final_hparams, log_final_hparams
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 RESULTS = {"status": "completed", "method": "kd_at", "dataset": "cifar10", "m": 10, "seed": 1,
            "student": {"depth": 16, "width": 1, "params": 175066},
            "teacher": {"depth": 40, "width": 2, "checkpoint": "t.pt", "params": 2243546, "test_acc": 95.1},
            "test_acc": 60.5, "best_test_acc": 61.0, "budget": {"epochs": 100000, "budget_scale": 1.0}}
-
-
-def multirun_config(overrides: list[str]) -> tuple[DictConfig, int | None]:
-    """The master config of `python -m zskt.run -m <overrides>` and its job count (counted while
-    Hydra's config loader is up, as in a real sweep: glob(...) needs it)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        fixed = [o for o in overrides if "," not in o and "glob(" not in o]  # compose() takes no sweeps
-        cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
-        cfg.hydra.mode, cfg.hydra.overrides.task = RunMode.MULTIRUN, overrides
-        return cfg, count_jobs(cfg)
 
 
 def job_config(overrides: list[str]) -> DictConfig:
@@ -56,27 +44,6 @@ def test_job_dir_is_named_by_its_overrides_and_found_again_on_resume():
     assert len(job_config(["method=zero_shot", "dataset=svhn", "student.depth=40", "student.width=2",
                            "teacher.depth=40", "teacher.width=4", "method.iterations=2000", "seed=2"])
                .hydra.sweep.subdir) < 150
-
-
-def test_job_count_follows_the_basic_sweeper():
-    assert multirun_config(["method=kd_at", "dataset.m=10,25,50", "seed=0,1"])[1] == 6
-    # a preset's hydra.sweeper.params, narrowed by the command line
-    assert multirun_config(["experiment=paper_teachers"])[1] == 24
-    assert multirun_config(["experiment=paper_teachers", "dataset=svhn"])[1] == 12
-    # glob over config-group options (the smoke sweep's form)
-    assert multirun_config(["experiment=glob(paper_table1_*)"])[1] == 3
-    cfg, _ = multirun_config(["seed=0,1"])
-    cfg.hydra.sweeper._target_ = "some.other.Sweeper"
-    assert count_jobs(cfg) is None
-
-
-def test_progress_line_names_the_job_its_number_and_the_sweep_size():
-    cfg = job_config(["method=kd_at", "dataset.m=25", "seed=1"])
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.job.num, cfg.hydra.runtime.output_dir = 4, "/out/sweep/dataset.m=25,method=kd_at,seed=1"
-    assert progress_line(cfg, 12) == ("zskt: sweep job 5 of 12: method=kd_at dataset.m=25 seed=1 "
-                                      "(in /out/sweep/dataset.m=25,method=kd_at,seed=1)")
-    assert progress_line(cfg, None).startswith("zskt: sweep job 5: method=kd_at")
 
 
 def test_final_hparams_hold_the_overrides_identity_and_final_metrics():

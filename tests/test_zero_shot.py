@@ -62,13 +62,11 @@ class _RecordGradNorms(pl.Callback):
         self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
 
-def test_gradients_are_clipped_to_the_configured_norm(tmp_path, teacher_zoo, monkeypatch):
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path, teacher_zoo):
     recorder = _RecordGradNorms()
-    original = zskt.run.build_callbacks
-    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), recorder])
     clip = 1e-3  # far below the raw gradient norms of a fresh network
     zskt.run.execute(compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=2",
-                                                               f"method.grad_clip={clip}")))
+                                                               f"method.grad_clip={clip}")), callbacks=[recorder])
     assert len(recorder.norms) == 2 * 3
     assert max(recorder.norms) <= clip * (1 + 1e-4)
     assert min(recorder.norms) > clip * 0.99  # every step really was clipped down to the cap
@@ -85,9 +83,8 @@ def _hand_attention(a):
     return q / q.norm(dim=1, keepdim=True)
 
 
-def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, monkeypatch):
+def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo):
     captured = {}
-    original = zskt.run.build_callbacks
 
     class Capture(pl.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -100,10 +97,9 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, mo
                 captured["g_loss"] = float(trainer.callback_metrics["train/generator_loss"])
                 captured["s_loss"] = float(trainer.callback_metrics["train/student_loss"])
 
-    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), Capture()])
     cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=1", "method.n_student_steps=1",
                                                     "trainer.log_every_n_steps=1", "seed=3", "teacher.seed=0"))
-    zskt.run.execute(cfg)
+    zskt.run.execute(cfg, callbacks=[Capture()])
 
     student = WideResNet(10, 1, 10)
     student.load_state_dict(captured["student"])
@@ -123,15 +119,12 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo, mo
 
 # pre_update (the default) on a real SIGKILL: tests/test_reliability.py
 @pytest.mark.parametrize("student_batch", ["fresh"])
-def test_resume_is_bit_identical(tmp_path, teacher_zoo, monkeypatch, student_batch):
+def test_resume_is_bit_identical(tmp_path, teacher_zoo, student_batch):
     overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", f"method.student_batch={student_batch}")
     straight = zskt.run.execute(compose_cfg(tmp_path / "a", overrides))
 
-    original = zskt.run.build_callbacks
-    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), KillAtEpoch(1)])
     with pytest.raises(RuntimeError, match="simulated kill"):
-        zskt.run.execute(compose_cfg(tmp_path / "b", overrides))
-    monkeypatch.setattr(zskt.run, "build_callbacks", original)
+        zskt.run.execute(compose_cfg(tmp_path / "b", overrides), callbacks=[KillAtEpoch(1)])
     assert not (tmp_path / "b" / "run" / "results.json").exists()
     resumed = zskt.run.execute(compose_cfg(tmp_path / "b", ["resume=true"]))
 
@@ -204,15 +197,13 @@ class _RecordRankNoise(pl.Callback):
         torch.save({"z": self.first_z, "params": params}, Path(self.folder) / f"rank{trainer.global_rank}.pt")
 
 
-def test_ddp_ranks_draw_different_noise_and_agree_on_the_student(tmp_path, teacher_zoo, monkeypatch):
-    original = zskt.run.build_callbacks
+def test_ddp_ranks_draw_different_noise_and_agree_on_the_student(tmp_path, teacher_zoo):
     recorder = _RecordRankNoise(str(tmp_path))
-    monkeypatch.setattr(zskt.run, "build_callbacks", lambda cfg, every: [*original(cfg, every), recorder])
     cfg = compose_cfg(tmp_path, zero_shot_overrides(
         teacher_zoo, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
         "trainer.strategy.start_method=spawn", "trainer.strategy.process_group_backend=gloo", "method.iterations=2",
         "callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true"))
-    zskt.run.execute(cfg)
+    zskt.run.execute(cfg, callbacks=[recorder])
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(rank0["z"], rank1["z"])
     assert all(torch.equal(rank0["params"][k], rank1["params"][k]) for k in rank0["params"])

@@ -43,12 +43,7 @@ def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=(), run_dir: P
     """`zskt.run.execute` on `compose_run_config(tmp, overrides, run_dir)`, with extra Lightning callbacks."""
     import zskt.run
 
-    original = zskt.run.build_callbacks
-    zskt.run.build_callbacks = lambda cfg, every: [*original(cfg, every), *callbacks]
-    try:
-        return zskt.run.execute(compose_run_config(tmp, overrides, run_dir))
-    finally:
-        zskt.run.build_callbacks = original
+    return zskt.run.execute(compose_run_config(tmp, overrides, run_dir), callbacks=callbacks)
 
 
 class KillAtEpoch(pl.Callback):

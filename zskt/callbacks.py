@@ -1,10 +1,12 @@
-"""TensorBoard views of the generator: a grid of samples and the teacher's class histogram."""
+"""The package's Lightning callbacks: TensorBoard views of the generator (a grid of samples and the
+teacher's class histogram), a progress bar over a run's iterations, and the divergence guard."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
@@ -41,6 +43,36 @@ class GeneratorSamples(pl.Callback):
         logger.experiment.add_image("generator/samples", grid, step)
         logger.experiment.add_histogram("generator/teacher_classes", classes.cpu(), step,
                                         bins=np.arange(pl_module.teacher.num_classes + 1) - 0.5)
+
+
+class IterationProgressBar(TQDMProgressBar):
+    """Lightning's progress bar; a run budgeted in iterations (a module with `total_iterations` and
+    `iteration`: zero-shot) gets one bar over the whole run, "iteration 20/300" with its ETA, instead
+    of one bar per evaluation block ("Epoch 0: 20/75")."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = getattr(pl_module, "total_iterations", None)
+        if total is None:
+            super().on_train_epoch_start(trainer, pl_module)
+            return
+        bar = self.train_progress_bar
+        if bar.total != total:  # the fit's first block (a resumed run starts at its iteration)
+            bar.reset(total=total)
+            bar.initial = bar.n = pl_module.iteration
+            bar.set_description("iteration")
+            bar.refresh()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        total = getattr(pl_module, "total_iterations", None)
+        if total is None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        bar, n = self.train_progress_bar, pl_module.iteration
+        if self._should_update(n, total) and not bar.disable:
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class Diverged(Exception):

@@ -1,74 +1,28 @@
-"""Atomic file writes, the portable `model.pt` format, and loading of the original repositories' checkpoints.
+"""The portable `model.pt` format, safe loading of any checkpoint, and the Lightning checkpoint IO.
 
 `model.pt` is a plain dict (loadable with `torch.load(..., weights_only=True)`):
 `{"format": "zskt-wrn-1", "arch": {"depth", "width", "num_classes"}, "dataset", "mean",
-"std", "method", "teacher": {...} or None, "state_dict"}`.
+"std", "method", "teacher": {...} or None, "state_dict"}`. Raw WRN state dicts of the
+original repositories load too (`zskt.models.original_keys`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
-from torch import nn
 
 from zskt.errors import UserError
+from zskt.io import atomic_torch_save
+from zskt.models.original_keys import infer_arch, to_zskt_state_dict
 from zskt.models.wide_resnet import WideResNet
 
 MODEL_FORMAT = "zskt-wrn-1"
-
-# The reproducibility study's WRN: block<g>.nblockLayer.<i>.{batch_norm1,conv1,batch_norm2,conv2,conv_inp}, batch_norm, fc
-_STUDY_KEYS = [
-    (r"^block(\d)\.nblockLayer\.", r"block\1.layer."),
-    (r"\.batch_norm1\.", ".bn1."),
-    (r"\.batch_norm2\.", ".bn2."),
-    (r"\.conv_inp\.", ".shortcut."),
-    (r"^batch_norm\.", "bn."),
-]
-# The paper authors' WRN: block<g>.layer.<i>.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc
-_AUTHORS_KEYS = [
-    (r"\.convShortcut\.", ".shortcut."),
-    (r"^bn1\.", "bn."),
-]
-
-
-def _atomic_write(path: str | os.PathLike, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write `data` as indented JSON, atomically."""
-    atomic_write_text(json.dumps(data, indent=2) + "\n", path)
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write a text file, atomically."""
-    _atomic_write(path, lambda h: h.write(text.encode()))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save`, atomically."""
-    _atomic_write(path, lambda h: torch.save(obj, h))
 
 
 def save_model(model: WideResNet, path: str | os.PathLike, *, dataset: str, mean, std, method: str,
@@ -118,37 +72,6 @@ def read_checkpoint(path: str | os.PathLike, allow_unsafe: bool = False) -> Any:
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:160]}): re-create or re-download it") from None
 
 
-def _rename(state: dict, rules: list[tuple[str, str]]) -> dict:
-    renamed = {}
-    for key, value in state.items():
-        for pattern, repl in rules:
-            key = re.sub(pattern, repl, key)
-        renamed[key] = value
-    return renamed
-
-
-def to_zskt_state_dict(state: dict) -> dict:
-    """Map a raw WRN state dict of ours, the study's or the paper authors' code onto our key names."""
-    state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
-    if any(".nblockLayer." in k for k in state):
-        return _rename(state, _STUDY_KEYS)
-    if any(".convShortcut." in k for k in state) or "bn1.weight" in state:
-        return _rename(state, _AUTHORS_KEYS)
-    return state
-
-
-def infer_arch(state: dict) -> dict:
-    """Depth, width and class count of a WRN from its (our-named) state dict."""
-    try:
-        n = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"block1\.layer\.(\d+)\.", k)))
-        width = state["block3.layer.0.conv1.weight"].shape[0] // 64
-        num_classes = state["fc.weight"].shape[0]
-    except (ValueError, KeyError):
-        raise UserError("the checkpoint is not a Wide ResNet state dict (no block1.layer.*, block3.*, fc.* keys): "
-                        "pass a WRN's model.pt or state dict") from None
-    return {"depth": 6 * n + 4, "width": int(width), "num_classes": int(num_classes)}
-
-
 def load_model(path: str | os.PathLike, expect: dict | None = None,
                allow_unsafe: bool = False) -> tuple[WideResNet, dict]:
     """Load a WRN from our `model.pt` or an original repository's raw state dict.
@@ -195,23 +118,13 @@ def load_model(path: str | os.PathLike, expect: dict | None = None,
     return model, meta
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """A teacher: eval mode, no gradients."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, made atomic (a kill during a save leaves the previous file whole)
-    and safe (a resumed checkpoint is read with `weights_only=True` unless `allow_unsafe`)."""
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO (which already saves atomically), reading a resumed checkpoint
+    safely: `weights_only=True` unless `allow_unsafe`, and a damaged file as one line."""
 
     def __init__(self, allow_unsafe: bool = False) -> None:
         super().__init__()
         self.allow_unsafe = allow_unsafe
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         # on the CPU: Lightning moves the state to the device as it restores it

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 
 def cpu_has_native_bf16() -> bool:
@@ -23,9 +22,3 @@ def best_precision(accelerator: str = "auto") -> str:
     if wants_gpu and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-
-
-def register_resolvers() -> None:
-    """Make `${zskt_precision:<accelerator>}` available to the configs."""
-    if not OmegaConf.has_resolver("zskt_precision"):
-        OmegaConf.register_new_resolver("zskt_precision", best_precision)

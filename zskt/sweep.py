@@ -1,10 +1,9 @@
-"""Following a sweep: a progress line per job and the final numbers in TensorBoard's HPARAMS tab.
+"""A sweep's final numbers in TensorBoard's HPARAMS tab.
 
-`SweepProgress` is a Hydra callback (conf/hydra/default.yaml, `hydra.callbacks`) that prints
-"zskt: sweep job i of n: <overrides>" as each job of a multirun starts. `log_final_hparams`
-is called by `zskt.run.execute` when a run completes: it logs the run's identity and overrides
-as hyperparameters together with its final metrics, so `tensorboard --logdir <sweep dir>`
-compares every job in one table.
+`log_final_hparams` is called by `zskt.run.execute` when a run completes: it logs the run's
+identity and overrides as hyperparameters together with its final metrics, so
+`tensorboard --logdir <sweep dir>` compares every job in one table. (Which job is running is
+Hydra's own launcher log: "Launching n jobs locally", "#i : <overrides>".)
 """
 
 from __future__ import annotations
@@ -12,56 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # results.json entries shown as metrics in the HPARAMS tab (those a run has), under final/<name>
 FINAL_METRICS = ("test_acc", "best_test_acc", "start_test_acc", "mte")
-
-
-# ---------------------------------------------------------------------------- progress
-def count_jobs(config: DictConfig) -> int | None:
-    """How many jobs the multirun `config` launches, expanded the way Hydra's basic sweeper does
-    (its `hydra.sweeper.params`, then the command line's overrides); None for other sweepers."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
-        return None
-    params = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
-    arguments = params + list(config.hydra.overrides.task)
-    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None  # glob(...)
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
-
-
-class SweepProgress(Callback):
-    """Prints one line as each sweep job starts: its number, the sweep's size, its overrides, its dir."""
-
-    def __init__(self) -> None:
-        self.sweeping = False
-        self.total: int | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.sweeping = True
-        self.total = count_jobs(config)
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.sweeping:  # a single run: nothing to follow
-            return
-        print(progress_line(config, self.total), flush=True)
-
-
-def progress_line(config: DictConfig, total: int | None) -> str:
-    """'zskt: sweep job 3 of 12: method=kd_at dataset.m=25 seed=0 (in <dir>)' for a job's config."""
-    of = "" if total is None else f" of {total}"
-    overrides = " ".join(config.hydra.overrides.task) or "(no overrides)"
-    return f"zskt: sweep job {config.hydra.job.num + 1}{of}: {overrides} (in {config.hydra.runtime.output_dir})"
 
 
 # ---------------------------------------------------------------------------- HPARAMS

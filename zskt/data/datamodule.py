@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from zskt.checkpoints import atomic_write_json
+from zskt.io import atomic_write_json
 from zskt.data import sources
 from zskt.data.augment import normalize, random_crop_flip
 from zskt.data.few_shot import few_shot_indices, parse_m
@@ -58,12 +58,10 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"dataset.{key}={value} is invalid: use a positive integer")
-        self.name, self.root, self.download = name, root, download
-        self.m = parse_m(m)
-        self.subset_seed, self.batch_size, self.eval_batch_size = subset_seed, batch_size, eval_batch_size
-        self.num_workers, self.augment, self.crop_padding = num_workers, augment, crop_padding
-        self.resize, self.cache_dir, self.output_dir = resize, cache_dir, output_dir
-        self.split_seed, self.test_fraction = split_seed, test_fraction
+        # not to the logger: the run's HPARAMS tab is zskt.sweep's (and `name` would clash with the method's)
+        self.save_hyperparameters(logger=False)
+        self.name, self.m = name, parse_m(m)
+        # the normalisation: given, or (None) computed from the train split in `setup`
         self.mean, self.std = mean, std
         self.sampler_generator = torch.Generator().manual_seed(subset_seed)
         self.augment_generator = torch.Generator().manual_seed(subset_seed + 1)
@@ -79,25 +77,34 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         return datamodule
 
     # ------------------------------------------------------------------ loading
+    def _from_torchvision(self) -> bool:
+        return self._given is None and self.name in ("cifar10", "svhn") and not sources.is_image_folder_tree(self.hparams.root)
+
+    def prepare_data(self) -> None:
+        """Download torchvision's files when dataset.download=true (zskt.run calls this before `setup`)."""
+        if self.hparams.download and self._from_torchvision():
+            sources.download(self.name, self.hparams.root)
+
     def _load(self, split: str) -> sources.ImageTensors:
+        hp = self.hparams
         if self._given is not None:
             return self._given[0] if split == "train" else self._given[1]
         if self.name == "digits":
-            return sources.load_digits(split, self.split_seed, self.test_fraction)
-        if self.name == "image_folder" or sources.is_image_folder_tree(self.root):
-            return sources.load_image_folder(self.root, split, resize=self.resize, cache_dir=self.cache_dir)
+            return sources.load_digits(split, hp.split_seed, hp.test_fraction)
+        if not self._from_torchvision():
+            return sources.load_image_folder(hp.root, split, resize=hp.resize, cache_dir=hp.cache_dir)
         if self.name == "cifar10":
-            return sources.load_cifar10(self.root, split, self.download)
-        return sources.load_svhn(self.root, split, self.download)
+            return sources.load_cifar10(hp.root, split, download=False)
+        return sources.load_svhn(hp.root, split, download=False)
 
     def save_subset(self) -> None:
         """Record the few-shot subset in <output_dir>/few_shot_indices.json (when there is one).
 
         Separate from `setup`: a run writes it only once every input has been checked."""
-        if self.indices is not None and self.output_dir is not None:
+        if self.indices is not None and self.hparams.output_dir is not None:
             atomic_write_json(
-                {"dataset": self.name, "m": self.m, "seed": self.subset_seed, "indices": self.indices.tolist()},
-                Path(self.output_dir) / "few_shot_indices.json",
+                {"dataset": self.name, "m": self.m, "seed": self.hparams.subset_seed, "indices": self.indices.tolist()},
+                Path(self.hparams.output_dir) / "few_shot_indices.json",
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -110,7 +117,7 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         if train.classes != test.classes:
             raise UserError(f"train and test splits of {self.name} have different classes: {train.classes} vs {test.classes}")
         if self.m is not None:
-            self.indices = few_shot_indices(train.labels, self.m, self.subset_seed)
+            self.indices = few_shot_indices(train.labels, self.m, self.hparams.subset_seed)
             train = sources.ImageTensors(train.images[self.indices], train.labels[self.indices], train.classes)
         if self.mean is None or self.std is None:
             # datasets without published constants are normalised with their own train statistics
@@ -133,15 +140,16 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         dataset = TensorDataset(self.train_split.images, self.train_split.labels)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.hparams.batch_size,
             sampler=RandomSampler(dataset, generator=self.sampler_generator),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
         )
 
     def _eval_loader(self) -> DataLoader:
         dataset = TensorDataset(self.test_inputs, self.test_split.labels)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         # the originals evaluate on the test set during training; so do we, and say so in results.json
@@ -154,8 +162,8 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         images, labels = batch
         if images.dtype != torch.uint8:  # evaluation batches arrive normalised
             return batch
-        if self.augment:
-            images = random_crop_flip(images, self.crop_padding, self.augment_generator)
+        if self.hparams.augment:
+            images = random_crop_flip(images, self.hparams.crop_padding, self.augment_generator)
         return normalize(images, self.mean, self.std), labels
 
     # ------------------------------------------------------------------ resume

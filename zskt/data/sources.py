@@ -59,6 +59,12 @@ def load_cifar10(root: str, split: str, download: bool) -> ImageTensors:
     return _from_hwc(ds.data, ds.targets, ds.classes)
 
 
+def download(name: str, root: str) -> None:
+    """Fetch torchvision's files of `name` (cifar10 or svhn) into `root`, unless they are there already."""
+    for split in ("train", "test"):
+        (load_cifar10 if name == "cifar10" else load_svhn)(root, split, download=True)
+
+
 def load_svhn(root: str, split: str, download: bool) -> ImageTensors:
     """SVHN cropped digits through torchvision (`train_32x32.mat`, `test_32x32.mat` under `root`)."""
     from torchvision.datasets import SVHN
@@ -146,7 +152,7 @@ def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: st
         images[i] = image
     result = ImageTensors(images, torch.as_tensor(folder.targets, dtype=torch.int64), list(folder.classes))
     if cache_file is not None:
-        from zskt.checkpoints import atomic_torch_save
+        from zskt.io import atomic_torch_save
 
         atomic_torch_save({"images": result.images, "labels": result.labels, "classes": result.classes}, cache_file)
     return result

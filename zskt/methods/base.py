@@ -40,16 +40,17 @@ def evaluation_period(total: int, evaluations: int) -> int:
 class StudentModule(pl.LightningModule):
     """A student WRN evaluated on the test set. On its own it is the `evaluate` method.
 
-    Periodic evaluations (validation loop, run on the test split as the originals do) feed
-    `test_acc` and the originals' best-of-evaluations `best_test_acc`; `trainer.test` gives
-    the final accuracy that results.json reports as the headline.
+    Periodic evaluations (validation loop, run on the test split as the originals do) log
+    `eval/acc` and the originals' best-of-evaluations `eval/best_acc`; `trainer.test` gives
+    the final accuracy `test/acc` that results.json reports as the headline (`test_acc`).
     """
 
     trains = False
     needs_teacher = False
     uses_train_data = True
+    measures_start = False  # True: zskt.run measures the starting accuracy (trainer.validate) before fit
 
-    def __init__(self, name: str, student: dict, channels_last: bool = True, compile: bool = False) -> None:
+    def __init__(self, name: str, student: dict, channels_last: bool, compile: bool) -> None:
         super().__init__()
         self.method_name = name
         self.student = set_channels_last(WideResNet(**student), channels_last)
@@ -85,7 +86,10 @@ class StudentModule(pl.LightningModule):
         """Method-specific entries merged into results.json (e.g. a fine-tune's starting accuracy)."""
         return {}
 
-    def trainer_limits(self) -> dict:
+    def record_start(self, metrics: dict) -> None:
+        """Keep what `trainer.validate` measured before the fit (when `measures_start`)."""
+
+    def trainer_kwargs(self) -> dict:
         """Trainer arguments that follow from this method's budget: length and evaluation period."""
         return {"max_epochs": getattr(self, "max_epochs", 1), "check_val_every_n_epoch": getattr(self, "eval_every", 1)}
 
@@ -98,8 +102,8 @@ class StudentModule(pl.LightningModule):
         accuracy = self.eval_accuracy.compute() * 100.0
         self.eval_accuracy.reset()
         self.best_accuracy.update(accuracy)
-        self.log("test_acc", accuracy, sync_dist=True)
-        self.log("best_test_acc", self.best_accuracy.compute(), sync_dist=True)
+        self.log("eval/acc", accuracy, sync_dist=True)
+        self.log("eval/best_acc", self.best_accuracy.compute(), sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
@@ -109,7 +113,7 @@ class StudentModule(pl.LightningModule):
         accuracy = self.final_accuracy.compute() * 100.0
         self.final_accuracy.reset()
         self.best_accuracy.update(accuracy)
-        self.log("final_test_acc", accuracy, sync_dist=True)
+        self.log("test/acc", accuracy, sync_dist=True)
 
 
 class DistillationModule(StudentModule):
@@ -118,8 +122,8 @@ class DistillationModule(StudentModule):
 
     needs_teacher = True
 
-    def __init__(self, name: str, student: dict, teacher: torch.nn.Module, channels_last: bool = True,
-                 compile: bool = False) -> None:
+    def __init__(self, name: str, student: dict, teacher: torch.nn.Module, channels_last: bool,
+                 compile: bool) -> None:
         super().__init__(name, student, channels_last, compile)
         self.teacher = set_channels_last(teacher, channels_last).eval().requires_grad_(False)
         self.teacher_accuracy = MulticlassAccuracy(num_classes=student["num_classes"], average="micro")
@@ -140,5 +144,5 @@ class DistillationModule(StudentModule):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self.log("teacher_test_acc", self.teacher_accuracy.compute() * 100.0, sync_dist=True)
+        self.log("teacher/test_acc", self.teacher_accuracy.compute() * 100.0, sync_dist=True)
         self.teacher_accuracy.reset()

@@ -20,12 +20,15 @@ from zskt.models.wide_resnet import WideResNet
 class Finetune(DistillationModule):
     """Fine-tune a zero-shot student on M images per class, anchored to its starting weights theta_0.
 
-    theta_0 (a frozen copy of the student) and the starting test accuracy are taken when the
-    fit first starts, after `zskt.run` has loaded `student.checkpoint` into the student. They are
-    module state, so they live in the checkpoint and a resumed run keeps the original ones.
+    The starting test accuracy comes from `trainer.validate` before the fit (`measures_start`:
+    zskt.run runs it after loading `student.checkpoint` into the student, and hands its metrics to
+    `record_start`), theta_0 (a frozen copy
+    of the student) is taken when the fit first starts. Both are module state, so they live in
+    the checkpoint and a resumed run keeps the original ones.
     """
 
     trains = True
+    measures_start = True
 
     def __init__(
         self,
@@ -35,16 +38,15 @@ class Finetune(DistillationModule):
         m: int | None,
         student_checkpoint: str | None,
         full_epochs: int,
-        epochs: int | None = None,
-        recipe_epochs: dict | None = None,
-        budget_scale: float = 1.0,
-        lr: float = 5e-4,
-        alpha: float = 0.9,
-        temperature: float = 4.0,
-        anchor_weight: float = 1.0,
-        evaluations: int = 20,
-        channels_last: bool = True,
-        compile: bool = False,
+        epochs: int | None,
+        budget_scale: float,
+        lr: float,
+        alpha: float,
+        temperature: float,
+        anchor_weight: float,
+        evaluations: int,
+        channels_last: bool,
+        compile: bool,
     ) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         if m is None:
@@ -78,22 +80,24 @@ class Finetune(DistillationModule):
         # Lightning trains in the mode the module is in, and a new module is in train mode:
         # apply this class's train() (student in eval) before any forward, the first one included
         self.train()
-        # a resumed run restores theta_0 and the starting accuracy from its checkpoint before
-        # this hook: taking them again would anchor to the resumed weights
+        # a resumed run restores theta_0 from its checkpoint before this hook: taking it again
+        # would anchor to the resumed weights
         if bool(self.anchored):
             return
         self.theta_0.load_state_dict(self.student.state_dict())
-        self.start_accuracy.fill_(self.current_accuracy())
         self.anchored.fill_(True)
 
-    def current_accuracy(self) -> float:
-        """The student's accuracy (percent) on the evaluation loader of the attached datamodule, now."""
-        with torch.no_grad(), self.trainer.precision_plugin.val_step_context():
-            for i, (images, labels) in enumerate(self.trainer.datamodule.val_dataloader()):
-                self.validation_step((images.to(self.device), labels.to(self.device)), i)
-        accuracy = float(self.eval_accuracy.compute()) * 100.0
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.validating:  # a periodic evaluation during the fit
+            super().on_validation_epoch_end()
+            return
+        # trainer.validate before the fit: the starting student's accuracy, not an evaluation of the fine-tune
+        self.log("eval/acc", self.eval_accuracy.compute() * 100.0, sync_dist=True)
         self.eval_accuracy.reset()
-        return accuracy
+
+    def record_start(self, metrics: dict) -> None:
+        # from trainer.validate's returned metrics: under ddp_spawn the validation ran in other processes
+        self.start_accuracy.fill_(float(metrics["eval/acc"]))
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.student.parameters(), lr=self.hparams.lr)

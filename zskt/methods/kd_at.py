@@ -20,8 +20,7 @@ class KDAT(SGDTrained, DistillationModule):
     trains = True
 
     def __init__(self, name: str, student: dict, teacher: torch.nn.Module, m: int | None, alpha: float,
-                 temperature: float, beta: float, channels_last: bool = True, compile: bool = False,
-                 **recipe) -> None:
+                 temperature: float, beta: float, channels_last: bool, compile: bool, **recipe) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         self.save_hyperparameters(ignore=["teacher"])
         self.use_recipe(m, recipe)

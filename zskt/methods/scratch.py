@@ -16,24 +16,19 @@ from zskt.methods.base import StudentModule, epoch_budget, evaluation_period
 
 @dataclass(frozen=True)
 class SGDRecipe:
-    """The supervised recipe of SPEC section 4 (defaults in conf/method/scratch.yaml).
-
-    `recipe_epochs` is the per-dataset table `full_epochs` is looked up in (kept in the
-    hyperparameters as a record of the recipe).
-    """
+    """The supervised recipe of SPEC section 4; the values come from conf/method/scratch.yaml."""
 
     full_epochs: int
-    epochs: int | None = None
-    recipe_epochs: dict | None = None
-    reference_m: int = 5000
-    budget_scale: float = 1.0
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = 0.2
-    evaluations: int = 20
+    epochs: int | None
+    reference_m: int
+    budget_scale: float
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    milestones: tuple[float, ...]
+    gamma: float
+    evaluations: int
 
 
 class SGDTrained:
@@ -68,8 +63,7 @@ class Scratch(SGDTrained, StudentModule):
 
     trains = True
 
-    def __init__(self, name: str, student: dict, m: int | None, channels_last: bool = True, compile: bool = False,
-                 **recipe) -> None:
+    def __init__(self, name: str, student: dict, m: int | None, channels_last: bool, compile: bool, **recipe) -> None:
         super().__init__(name, student, channels_last, compile)
         self.save_hyperparameters()
         self.use_recipe(m, recipe)

@@ -52,21 +52,20 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         teacher: torch.nn.Module,
         generator: dict,
         iterations: int,
-        batch_size: int = 128,
-        n_generator_steps: int = 1,
-        n_student_steps: int = 10,
-        student_lr: float = 2e-3,
-        generator_lr: float = 1e-3,
-        beta: float = 250.0,
-        temperature: float = 1.0,
-        grad_clip: float = 5.0,
-        student_batch: str = "pre_update",
-        eval_every: int = 1000,
-        budget_scale: float = 1.0,
-        noise_seed: int = 0,
-        recipe_iterations: dict | None = None,
-        channels_last: bool = True,
-        compile: bool = False,
+        batch_size: int,
+        n_generator_steps: int,
+        n_student_steps: int,
+        student_lr: float,
+        generator_lr: float,
+        beta: float,
+        temperature: float,
+        grad_clip: float,
+        student_batch: str,
+        eval_every: int,
+        budget_scale: float,
+        noise_seed: int,
+        channels_last: bool,
+        compile: bool,
     ) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         if student_batch not in STUDENT_BATCHES:
@@ -84,6 +83,71 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.noise = torch.Generator()
         check_attention_compatible(self.student, self.teacher)
 
+    # ------------------------------------------------------------------ Algorithm 1
+    def training_step(self, batch, batch_idx: int) -> None:
+        hp = self.hparams
+        opt_g, opt_s = self.optimizers()
+        sched_g, sched_s = self.lr_schedulers()
+
+        # 1. z ~ N(0, I), x = G(z)
+        z = self.draw_noise()
+
+        # 2. generator step(s): maximise the disagreement; no student weight gradients
+        with self.toggled_optimizer(opt_g):
+            for _ in range(hp.n_generator_steps):
+                x = self.generate(z)
+                teacher_logits = self.teacher(x)
+                student_logits = self.student(x)
+                loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
+                opt_g.zero_grad()
+                self.manual_backward(loss_g)
+                self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+                opt_g.step()
+        x_pre_update = x.detach()
+
+        # 3. student steps: match the teacher on generated batches, never back-propagating into G
+        for step in range(hp.n_student_steps):
+            if step == 0 or hp.student_batch == "fresh":
+                x_s = self.batch_for_student(z, x_pre_update)
+                with torch.no_grad():
+                    t_logits, t_features = self.teacher(x_s, return_features=True)
+            s_logits, s_features = self.student(x_s, return_features=True)
+            loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
+            opt_s.zero_grad()
+            self.manual_backward(loss_s)
+            self.clip_gradients(opt_s, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            opt_s.step()
+
+        # 4. both cosine schedules
+        sched_g.step()
+        sched_s.step()
+
+        self.log_iteration(loss_g, loss_s, teacher_logits.detach(), student_logits.detach())
+
+    def draw_noise(self) -> Tensor:
+        """z ~ N(0, I) from the run's own (checkpointed) random stream."""
+        z = torch.randn(self.hparams.batch_size, self.hparams.generator["z_dim"], generator=self.noise)
+        return z.to(self.device)
+
+    def generate(self, z: Tensor) -> Tensor:
+        return self.to_input(self.generator(z))
+
+    def batch_for_student(self, z: Tensor, x_pre_update: Tensor) -> Tensor:
+        """The batch the student trains on next, per method.student_batch (see the module docstring)."""
+        mode = self.hparams.student_batch
+        if mode == "pre_update":
+            return x_pre_update
+        with torch.no_grad():
+            return self.generate(z if mode == "post_update" else self.draw_noise())
+
+    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
+        # tensors go to self.log as they are: Lightning reads them only at logging intervals
+        self.log("train/generator_loss", loss_g, prog_bar=True, batch_size=1)
+        self.log("train/student_loss", loss_s, prog_bar=True, batch_size=1)
+        self.log("train/teacher_max_prob", teacher_logits.float().softmax(1).amax(1).mean(), batch_size=1)
+        self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
+        self.log("train/iteration", float(self.iteration + 1), batch_size=1)
+
     # ------------------------------------------------------------------ bookkeeping
     def budget(self, world_size: int, train_images: int) -> dict:
         hp = self.hparams
@@ -97,9 +161,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         hp = self.hparams
         return self.global_step // (hp.n_generator_steps + hp.n_student_steps)
 
-    def trainer_limits(self) -> dict:
+    def trainer_kwargs(self) -> dict:
         # the loader is rebuilt every epoch so the last one holds just the remaining iterations
-        return {**super().trainer_limits(), "check_val_every_n_epoch": 1, "reload_dataloaders_every_n_epochs": 1}
+        return {**super().trainer_kwargs(), "check_val_every_n_epoch": 1, "reload_dataloaders_every_n_epochs": 1}
 
     def train_dataloader(self) -> DataLoader:
         # one placeholder item per iteration (the data is generated); under DDP Lightning
@@ -122,74 +186,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_s = torch.optim.Adam(self.student.parameters(), lr=hp.student_lr)
+        # in the order they step in an iteration: the generator's, then the student's
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr)
+        opt_s = torch.optim.Adam(self.student.parameters(), lr=hp.student_lr)
         # cosine annealing to 0 over the run, stepped once per iteration
-        sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=self.total_iterations)
         sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=self.total_iterations)
-        return [opt_s, opt_g], [sched_s, sched_g]
-
-    # ------------------------------------------------------------------ Algorithm 1
-    def draw_noise(self) -> Tensor:
-        """z ~ N(0, I) from the run's own (checkpointed) random stream."""
-        z = torch.randn(self.hparams.batch_size, self.hparams.generator["z_dim"], generator=self.noise)
-        return z.to(self.device)
-
-    def generate(self, z: Tensor) -> Tensor:
-        return self.to_input(self.generator(z))
-
-    def training_step(self, batch, batch_idx: int) -> None:
-        hp = self.hparams
-        opt_s, opt_g = self.optimizers()
-        sched_s, sched_g = self.lr_schedulers()
-
-        # 1. z ~ N(0, I), x = G(z)
-        z = self.draw_noise()
-
-        # 2. generator step(s): maximise the disagreement; no student weight gradients
-        with self.toggled_optimizer(opt_g):
-            for _ in range(hp.n_generator_steps):
-                x = self.generate(z)
-                teacher_logits = self.teacher(x)
-                student_logits = self.student(x)
-                loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
-                opt_g.zero_grad()
-                self.manual_backward(loss_g)
-                self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-                opt_g.step()
-        x_pre_update = x.detach()
-
-        # 3. student steps: match the teacher on generated batches, never back-propagating into G
-        for step in range(hp.n_student_steps):
-            if step == 0 or hp.student_batch == "fresh":
-                x_s = self.student_batch(z, x_pre_update)
-                with torch.no_grad():
-                    t_logits, t_features = self.teacher(x_s, return_features=True)
-            s_logits, s_features = self.student(x_s, return_features=True)
-            loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
-            opt_s.zero_grad()
-            self.manual_backward(loss_s)
-            self.clip_gradients(opt_s, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-            opt_s.step()
-
-        # 4. both cosine schedules
-        sched_s.step()
-        sched_g.step()
-
-        self.log_iteration(loss_g, loss_s, teacher_logits.detach(), student_logits.detach())
-
-    def student_batch(self, z: Tensor, x_pre_update: Tensor) -> Tensor:
-        """The batch the student trains on next, per `student_batch` (see the module docstring)."""
-        mode = self.hparams.student_batch
-        if mode == "pre_update":
-            return x_pre_update
-        with torch.no_grad():
-            return self.generate(z if mode == "post_update" else self.draw_noise())
-
-    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
-        # tensors go to self.log as they are: Lightning reads them only at logging intervals
-        self.log("train/generator_loss", loss_g, prog_bar=True, batch_size=1)
-        self.log("train/student_loss", loss_s, prog_bar=True, batch_size=1)
-        self.log("train/teacher_max_prob", teacher_logits.float().softmax(1).amax(1).mean(), batch_size=1)
-        self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
-        self.log("train/iteration", float(self.iteration + 1), batch_size=1)
+        sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=self.total_iterations)
+        return [opt_g, opt_s], [sched_g, sched_s]

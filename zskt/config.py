@@ -1,0 +1,117 @@
+"""What several modules need to know about a run's config: where the configs live, the run's
+file names, the model zoo's file names, composing and resolving a config, and building a part
+of the run from its config node.
+
+Everything here sits below `zskt.run` and the modules it wires, so none of them imports run.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from zskt.errors import UserError
+from zskt.hardware import best_precision
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# the files a run writes into its output dir
+RUN_CONFIG = "run_config.yaml"
+RESULTS = "results.json"
+MODEL_FILE = "model.pt"
+TEACHER_SUBDIR = "teacher"  # where a run trains its missing teacher (teacher.train_if_missing=true)
+
+
+def zoo_path(models: str, dataset: str, depth: int, width: int, seed: int) -> str:
+    """Where the model zoo keeps a full-data scratch model (conf/teacher/wrn.yaml's default checkpoint)."""
+    return str(Path(str(models)) / str(dataset) / f"wrn-{depth}-{width}-seed{seed}.pt")
+
+
+def register_resolvers() -> None:
+    """Make `${zskt_precision:<accelerator>}` and `${zskt_zoo:<models>,<dataset>,<depth>,<width>,<seed>}`
+    available to the configs."""
+    if not OmegaConf.has_resolver("zskt_precision"):
+        OmegaConf.register_new_resolver("zskt_precision", best_precision)
+    if not OmegaConf.has_resolver("zskt_zoo"):
+        OmegaConf.register_new_resolver("zskt_zoo", zoo_path)
+
+
+register_resolvers()
+
+
+def is_multirun() -> bool:
+    """True inside a job of a Hydra multirun (`-m`)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `python -m zskt.run <overrides>` composes, through Hydra's compose API; inside a
+    running Hydra app it reuses that app's search path."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """The run's full config with every interpolation resolved; on `resume=true`, the saved one."""
+    output_dir = Path(cfg.paths.output_dir)
+    saved = output_dir / RUN_CONFIG
+    if cfg.resume and saved.is_file():
+        resumed = OmegaConf.load(saved)
+        resumed.resume = True
+        return resumed
+    if cfg.resume and not is_multirun():
+        raise UserError(f"resume=true but {output_dir} holds no run to resume: pass hydra.run.dir=<an earlier run dir>")
+    try:
+        # the `hydra` node (present when composed with the compose API) is Hydra's, not the run's
+        own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        resolved = OmegaConf.create(OmegaConf.to_container(own, resolve=True, throw_on_missing=True))
+    except MissingMandatoryValue as err:
+        raise UserError(f"{err.full_key} must be set: add {err.full_key}=... to the command") from None
+    except OmegaConfBaseException as err:
+        raise UserError(f"the config does not resolve ({str(err).splitlines()[0]}): check the overrides") from None
+    resolved.resume = False
+    return resolved
+
+
+def instantiate_node(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` with plain containers; a key the part does not take is one line."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except UserError:
+        raise
+    except Exception as err:  # instantiate wraps constructor errors in InstantiationException
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        if isinstance(err.__cause__, TypeError) or "unexpected keyword" in str(err):
+            raise UserError(f"{what} config has a key the {what} does not take ({str(err).splitlines()[-1][:200]}): "
+                            "fix the override") from None
+        raise
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose the config from the command line once before Hydra does, so an unknown option or key
+    is one line and exit status 2 instead of Hydra's multi-line report. Sweeps are left to Hydra."""
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args) or not args:
+        return
+    from hydra.errors import MissingConfigException
+
+    try:
+        compose_config(args)
+    except MissingConfigException as err:
+        group = Path(str(err.missing_cfg_file or "")).parent.name or "option"
+        options = ", ".join(err.options or [])
+        raise UserError(f"unknown {group} '{Path(str(err.missing_cfg_file)).name}': choose one of {options}") from None
+    except Exception as err:  # Hydra's override and composition errors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        raise UserError(f"{lines[0] if lines else type(err).__name__}{cause}: fix the override "
+                        "(new keys need a leading +)") from None

@@ -1,0 +1,120 @@
+"""A run's outputs: its config and few-shot subset when it starts, and when it ends results.json,
+the student's model.pt and (full-data scratch runs) the model zoo's copy. Written on global rank
+zero only, each file atomically.
+
+results.json schema (a completed run): status, method, dataset, m, seed, student {depth, width,
+params}, teacher {depth, width, num_classes, checkpoint, params, test_acc} or null, test_acc (the
+final accuracy), best_test_acc (best of the periodic evaluations) and its note, budget, wall_time_s,
+model, precision, plus the method's own entries (`extra_results`). A diverged run: status,
+method, dataset, seed, message, last_good_checkpoint, wall_time_s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from zskt.checkpoints import save_model
+from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
+from zskt.errors import UserError
+from zskt.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("zskt")
+BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); test_acc is the final one"
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """Fail before any work when the run's outputs could not be written, or when a fresh run would
+    start in the dir of an earlier one (Lightning would pick up that run's checkpoints)."""
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoints = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=output_dir))
+    if not cfg.resume and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        raise UserError(f"{output_dir} holds the checkpoints of an earlier run: continue it with resume=true, "
+                        "or pass another hydra.run.dir")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to the output dir {output_dir} ({err.strerror or err}): "
+                        "pass hydra.run.dir=<a writable dir> (or paths.outputs=...)") from None
+
+
+def completed_run(output_dir: Path) -> dict | None:
+    """The results of a run that already completed in `output_dir` (resume finds nothing to do)."""
+    path = output_dir / RESULTS
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    return done if done.get("status") == "completed" else None
+
+
+def write_start(cfg: DictConfig, output_dir: Path, datamodule) -> None:
+    """The files a run writes once every input is checked: its resolved config (kept on resume)
+    and its few-shot subset."""
+    if not cfg.resume:
+        atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
+    datamodule.save_subset()
+
+
+def save_student(cfg: DictConfig, output_dir: Path, module: pl.LightningModule, datamodule,
+                 teacher_info: dict | None) -> None:
+    """The trained student as model.pt; a full-data scratch model is also published to the model zoo."""
+    describe = {"dataset": datamodule.name, "mean": datamodule.mean, "std": datamodule.std, "method": cfg.method.name}
+    save_model(module.student, output_dir / MODEL_FILE, teacher=teacher_info, **describe)
+    if cfg.method.name == "scratch" and datamodule.m is None:
+        arch = module.student.arch
+        save_model(module.student, zoo_path(cfg.paths.models, datamodule.name, arch["depth"], arch["width"], cfg.seed),
+                   **describe)
+
+
+def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, datamodule, tested: dict,
+            teacher_info: dict | None, seconds: float) -> dict:
+    """The results.json of a completed run (schema in the module docstring)."""
+    trains = type(module).trains
+    best = float(module.best_accuracy.compute()) if trains else None
+    if teacher_info is not None:
+        teacher_info = {**teacher_info, "test_acc": round(float(tested["teacher/test_acc"]), 4)}
+    arch = module.student.arch
+    return {
+        "status": "completed",
+        "method": cfg.method.name,
+        "dataset": datamodule.name,
+        "m": datamodule.m,
+        "seed": cfg.seed,
+        "student": {"depth": arch["depth"], "width": arch["width"], "params": module.student_params},
+        "teacher": teacher_info,
+        "test_acc": round(float(tested["test/acc"]), 4),
+        "best_test_acc": None if best is None else round(best, 4),
+        "best_test_acc_note": BEST_NOTE,
+        "budget": module.budget(trainer.world_size, len(datamodule.train_split.labels)),
+        "wall_time_s": round(seconds, 2),
+        "model": MODEL_FILE if trains else cfg.student.checkpoint,
+        "precision": str(trainer.precision),
+        **module.extra_results(),
+    }
+
+
+def write_results(results: dict, output_dir: Path) -> None:
+    """results.json, and the run's one-line summary in the log."""
+    atomic_write_json(results, output_dir / RESULTS)
+    best = results.get("best_test_acc")
+    best_text = "" if best is None else f" (best of evaluations {best:.2f}%)"
+    log.info(f"{results['method']} on {results['dataset']}: final test accuracy {results['test_acc']:.2f}%"
+             f"{best_text}; results in {output_dir}")
+
+
+def record_divergence(cfg: DictConfig, output_dir: Path, message: str, last_good: Path | None, seconds: float) -> dict:
+    """results.json of a run whose loss became non-finite; `last_good` is the checkpoint to go back to."""
+    results = {"status": "diverged", "method": cfg.method.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+               "message": message,
+               "last_good_checkpoint": None if last_good is None else os.path.relpath(last_good, output_dir),
+               "wall_time_s": round(seconds, 2)}
+    atomic_write_json(results, output_dir / RESULTS)
+    return results

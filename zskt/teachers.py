@@ -1,0 +1,93 @@
+"""The teacher of a run: which checkpoint it is, how to train it when it is missing, and loading it.
+
+By default `teacher.checkpoint` is the model zoo's file for the configured WRN (`zskt.config.zoo_path`,
+which `method=scratch` on full data publishes to). A student that starts from a checkpoint
+(fine-tune, belief matching) brings the teacher its model.pt recorded, unless the user chose one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from zskt.checkpoints import load_model
+from zskt.config import TEACHER_SUBDIR, compose_config, zoo_path
+from zskt.errors import UserError
+from zskt.models.wide_resnet import count_parameters
+
+# the user's overrides a teacher-training command repeats: where the data and the zoo are
+_REPEATED_OVERRIDES = ("dataset.root=", "dataset.download=", "paths.")
+
+
+def training_command(cfg: DictConfig) -> str:
+    """The exact command that trains the configured teacher into the model zoo."""
+    parts = ["python -m zskt.run method=scratch", f"dataset={cfg.dataset.name}",
+             f"student.depth={cfg.teacher.depth}", f"student.width={cfg.teacher.width}", f"seed={cfg.teacher.seed}"]
+    if HydraConfig.initialized():
+        parts += [o for o in HydraConfig.get().overrides.task if o.startswith(_REPEATED_OVERRIDES)
+                  and not o.startswith("paths.output_dir=")]
+    return " ".join(parts)
+
+
+def choose_checkpoint(raw: DictConfig, cfg: DictConfig, student_meta: dict | None) -> str:
+    """The teacher's checkpoint: the one the starting student's model.pt records when the user
+    left teacher.checkpoint at its default (on resume the saved config already holds the choice),
+    else teacher.checkpoint."""
+    recorded = ((student_meta or {}).get("teacher") or {}).get("checkpoint")
+    if not recorded or cfg.resume or not OmegaConf.is_interpolation(raw.teacher, "checkpoint"):
+        return cfg.teacher.checkpoint
+    if not Path(recorded).is_file():
+        raise UserError(f"teacher {recorded}, recorded in {cfg.student.checkpoint}, does not exist: "
+                        "pass teacher.checkpoint=PATH")
+    return recorded
+
+
+def zoo_checkpoint(cfg: DictConfig) -> str:
+    """The model zoo's file for the configured teacher."""
+    t = cfg.teacher
+    return zoo_path(cfg.paths.models, cfg.dataset.name, t.depth, t.width, t.seed)
+
+
+def needs_training(cfg: DictConfig) -> bool:
+    """True when the teacher's checkpoint is missing and the run may train it (teacher.train_if_missing)."""
+    return not Path(cfg.teacher.checkpoint).is_file() and bool(cfg.teacher.train_if_missing)
+
+
+def training_config(raw: DictConfig) -> DictConfig:
+    """The config of a scratch run that trains `raw`'s teacher into the model zoo, in <run dir>/teacher:
+    the same data, trainer and paths, the scratch method as Hydra composes it."""
+    cfg = raw.copy()
+    method = compose_config(["method=scratch"]).method
+    method.budget_scale = raw.method.get("budget_scale", method.budget_scale)
+    method.epochs = raw.teacher.get("epochs")
+    cfg.method = method
+    cfg.student = {"depth": raw.teacher.depth, "width": raw.teacher.width, "checkpoint": None}
+    cfg.dataset.m = None
+    cfg.seed = raw.teacher.seed
+    cfg.resume = False
+    cfg.paths.output_dir = str(Path(raw.paths.output_dir) / TEACHER_SUBDIR)
+    return cfg
+
+
+def place_trained(cfg: DictConfig, trained: dict) -> None:
+    """After the teacher's scratch run: a teacher.checkpoint outside the zoo gets a copy of its model.pt."""
+    if not Path(cfg.teacher.checkpoint).is_file():
+        Path(cfg.teacher.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(cfg.paths.output_dir) / TEACHER_SUBDIR / trained["model"], cfg.teacher.checkpoint)
+
+
+def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The teacher network from teacher.checkpoint, and its description for results.json and model.pt."""
+    path = Path(cfg.teacher.checkpoint)
+    if not path.is_file():
+        hint = f"train it with `{training_command(cfg)}`, " if str(path) == zoo_checkpoint(cfg) else ""
+        raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
+                        "or set teacher.train_if_missing=true")
+    model, _ = load_model(path, expect={"num_classes": num_classes}, allow_unsafe=cfg.checkpoint.allow_unsafe)
+    # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
+    info = {**model.arch, "checkpoint": str(path.resolve()), "params": count_parameters(model)}
+    return model, info
