@@ -26,6 +26,7 @@ The SPEC's numbers are spelled out below on purpose: a config that drifts from t
 from __future__ import annotations
 
 import copy
+import csv
 import math
 from dataclasses import dataclass
 
@@ -265,3 +266,172 @@ def test_one_zero_shot_iteration_follows_the_reference_loop(tmp_path, student_ba
     assert_same_optimizer(optimizer_of(fitted, module.student), module.student, opt_s, nets["student"], 2e-3 * cosine)
     assert_same_optimizer(optimizer_of(fitted, module.generator), module.generator, opt_g, nets["generator"],
                           1e-3 * cosine)
+
+
+# ---------------------------------------------------------------------------- few-shot KD+AT, fine-tune
+def labelled_batches(n_batches: int, batch: int = 8) -> tuple[Tensor, Tensor]:
+    images = torch.randn(n_batches * batch, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    labels = torch.randint(0, C, (n_batches * batch,), generator=torch.Generator().manual_seed(6))
+    return images, labels
+
+
+def loader(images: Tensor, labels: Tensor, batch: int = 8) -> DataLoader:
+    return DataLoader(TensorDataset(images, labels), batch_size=batch, shuffle=False)
+
+
+class Batches(pl.LightningDataModule):
+    """Fixed labelled batches, in order, for training and evaluation."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        super().__init__()
+        self.images, self.labels = images, labels
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(self.images, self.labels)
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(self.images, self.labels)
+
+
+EPOCHS = 10  # the schedule's length; one epoch of two batches runs
+
+
+def test_one_kd_at_epoch_follows_the_reference_loop(tmp_path):
+    teacher = random_teacher(logit_scale=10.0)
+    torch.manual_seed(0)
+    module = build_method(tmp_path, "kd_at", teacher, m=10, epochs=EPOCHS)
+    recorder = StepRecorder("student")
+    fitted = trainer(callbacks=[recorder])
+    images, labels = labelled_batches(2)
+    fitted.fit(module, train_dataloaders=loader(images, labels))
+
+    # SPEC: SGD lr 0.1, momentum 0.9, Nesterov, wd 5e-4; lr / 5 at 30, 60, 80 % of the epochs
+    student = WideResNet(**STUDENT)
+    student.load_state_dict(recorder.initial["student"])
+    student.train()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3, 6, 8], gamma=0.2)
+    assert len(recorder.steps) == 2
+    for k, (x, y) in enumerate(loader(images, labels)):
+        with torch.no_grad():
+            t_logits, t_features = teacher(x, return_features=True)
+        s_logits, s_features = student(x, return_features=True)
+        # (1 - alpha) CE + 2 alpha tau^2 KL + beta sum AT, alpha 0.9, tau 4, beta 1000
+        loss = kd(s_logits, t_logits, y, alpha=0.9, tau=4.0) + 1000.0 * at_sum(s_features, t_features)
+        student.zero_grad()
+        loss.backward()
+        check_and_follow(recorder.steps[k], "student", {"student": student}, opt, f"step {k + 1}")
+    sched.step()  # per epoch
+
+    assert_states_match({"student": student}, {"student": snapshot(module.student)}, "after the epoch")
+    assert_states_match({"teacher": teacher}, {"teacher": snapshot(module.teacher)}, "teacher")
+    assert_same_optimizer(fitted.optimizers[0], module.student, opt, student, 0.1)
+
+
+def test_one_finetune_epoch_follows_the_reference_loop(tmp_path):
+    teacher = random_teacher(logit_scale=10.0)
+    torch.manual_seed(0)
+    module = build_method(tmp_path, "finetune", teacher, m=10, student_checkpoint="zero-shot-student.pt",
+                          epochs=EPOCHS)
+    with torch.no_grad():  # a "zero-shot student": BN statistics of its own, which must stay frozen
+        for m in module.student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    recorder = StepRecorder("student")
+    fitted = trainer(callbacks=[recorder])
+    images, labels = labelled_batches(2)
+    fitted.fit(module, datamodule=Batches(images, labels))
+
+    # SPEC: Adam lr 5e-4, cosine over the epochs stepped per epoch; the student in eval mode
+    student = WideResNet(**STUDENT)
+    student.load_state_dict(recorder.initial["student"])
+    student.eval()  # BN statistics frozen, BN affine parameters still trained
+    theta_0 = [p.detach().clone() for p in student.parameters()]
+    opt = torch.optim.Adam(student.parameters(), lr=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS)
+    assert len(recorder.steps) == 2
+    for k, (x, y) in enumerate(loader(images, labels)):
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        # (1 - alpha) CE + 2 alpha tau^2 KL, alpha 0.9, tau 4, + lambda sum mean |theta - theta_0|, lambda 1
+        anchor = sum((p - p0).abs().mean() for p, p0 in zip(student.parameters(), theta_0))
+        loss = kd(s_logits, t_logits, y, alpha=0.9, tau=4.0) + 1.0 * anchor
+        student.zero_grad()
+        loss.backward()
+        check_and_follow(recorder.steps[k], "student", {"student": student}, opt, f"step {k + 1}")
+    sched.step()
+
+    assert_states_match({"student": student}, {"student": snapshot(module.student)}, "after the epoch")
+    for key in ("running_mean", "running_var"):  # eval mode: the zero-shot statistics, untouched
+        assert all(torch.equal(v, recorder.initial["student"][k]) for k, v in snapshot(module.student).items()
+                   if k.endswith(key))
+    assert_same_optimizer(fitted.optimizers[0], module.student, opt, student,
+                          5e-4 * (1 + math.cos(math.pi / EPOCHS)) / 2)
+
+
+# ---------------------------------------------------------------------------- belief matching (Algorithm 2)
+def reference_belief_matching(student: nn.Module, teacher: nn.Module, images: Tensor, n: int, k_steps: int,
+                              xi: float, seed: int) -> tuple[Tensor, Tensor, float]:
+    """SPEC section 4 plainly: the first n images of a seeded shuffle on which both nets predict
+    the same class i; for each and each target j != i, K raw gradient steps on CE(student(x), j)
+    from the clean image, p_j under both before every step. Returns both transition curves (K,)
+    and the MTE."""
+    with torch.no_grad():
+        agree = student(images).argmax(1) == teacher(images).argmax(1)
+        classes = student(images).argmax(1)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    chosen = [int(i) for i in order if agree[i]][:n]
+    p_s, p_t = [], []
+    for index in chosen:
+        for j in range(C):
+            if j == int(classes[index]):
+                continue
+            x = images[index:index + 1].clone()
+            curve_s, curve_t = [], []
+            for _ in range(k_steps):
+                x.requires_grad_(True)
+                logits = student(x)
+                with torch.no_grad():
+                    curve_s.append(float(logits.softmax(1)[0, j]))
+                    curve_t.append(float(teacher(x).softmax(1)[0, j]))
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits, torch.tensor([j])), x)
+                x = (x - xi * grad).detach()
+            p_s.append(curve_s)
+            p_t.append(curve_t)
+    p_s, p_t = torch.tensor(p_s, dtype=torch.float64), torch.tensor(p_t, dtype=torch.float64)
+    return p_s.mean(0), p_t.mean(0), float((p_s - p_t).abs().mean())
+
+
+def test_belief_matching_curves_and_mte_equal_the_reference(tmp_path):
+    torch.manual_seed(3)
+    student = WideResNet(**STUDENT).eval()  # random weights and BN statistics
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+        student.fc.weight.mul_(10.0)
+    teacher = copy.deepcopy(student)  # a teacher that agrees with the student on most images, not all
+    with torch.no_grad():
+        teacher.fc.weight.add_(0.5 * torch.randn(teacher.fc.weight.shape, generator=torch.Generator().manual_seed(1)))
+    # 16x16: a WRN pools whatever the size, and the per-image reference walk runs 4x faster
+    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images *= torch.linspace(0.2, 3.0, 24)[:, None, None, None]  # varied inputs: varied predictions
+    labels = torch.zeros(24, dtype=torch.long)
+
+    module = build_method(tmp_path, "abm", teacher, student_checkpoint="student.pt", output_dir=str(tmp_path),
+                          k=3, xi=1.0, n_images=3, seed=2, batch_images=3, plot_k=2, step_on="student")
+    module.student.load_state_dict(student.state_dict())
+    trainer(inference_mode=False).test(module, dataloaders=loader(images, labels), verbose=False)
+
+    want_s, want_t, want_mte = reference_belief_matching(student, teacher, images, 3, 3, 1.0, seed=2)
+    rows = list(csv.DictReader((tmp_path / "transition_curves.csv").read_text().splitlines()))
+    assert [int(r["k"]) for r in rows] == [0, 1, 2]
+    got_s = torch.tensor([float(r["p_student"]) for r in rows], dtype=torch.float64)
+    got_t = torch.tensor([float(r["p_teacher"]) for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(got_s, want_s, atol=2e-6, rtol=0)  # the CSV holds 6 decimals
+    torch.testing.assert_close(got_t, want_t, atol=2e-6, rtol=0)
+    assert module.results["mte"] == pytest.approx(want_mte, abs=2e-6)
+    assert (want_s[-1] > want_s[0]).item()  # the walk moved towards the targets
