@@ -224,3 +224,20 @@ def test_every_preset_runs_its_first_job_with_a_debug_budget(tmp_path, teacher_z
     assert not unfinished and len(runs) == len(EXPECTED_JOBS)
     assert {r["method"] for r in rows} == {"scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune", "abm"}
     assert {(r["method"], r["from"]) for r in rows if r["from"]} == {("finetune", "zero_shot"), ("abm", "zero_shot")}
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_JOBS))
+def test_paper_presets_run_in_fp32_unless_the_command_line_says_otherwise(preset):
+    # the originals ran in fp32; bf16-mixed is a speed switch the user turns on explicitly
+    assert compose_preset(preset).trainer.precision == "32-true"
+    assert compose_preset(preset, ("trainer.precision=bf16-mixed",)).trainer.precision == "bf16-mixed"
+    for job in expand(preset)[:1]:  # a sweep job inherits it
+        assert job_config(preset, job).trainer.precision == "32-true"
+
+
+def test_outside_the_paper_presets_precision_follows_the_hardware():
+    for preset in ("demo", None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={preset}"] if preset else [])
+        assert OmegaConf.to_container(cfg.trainer)["precision"] == "${zskt_precision:${trainer.accelerator}}"
