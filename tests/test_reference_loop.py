@@ -12,13 +12,15 @@ is used: the constructors (via Hydra), the module attributes `student`, `generat
 
 Why the reference steps on the module's gradients (teacher forcing) rather than its own: Adam's
 first step moves every weight by about lr * g / (|g| + 1e-8), so a gradient element below
-Adam's eps moves by an amount set by its rounding error. The generator's biases before a
-BatchNorm have an exactly zero true gradient (the batch statistics cancel them), so their
+Adam's eps moves by an amount set by its rounding error. The generator's conv biases (each before a
+BatchNorm) have an exactly zero true gradient (the batch statistics cancel them), so their
 update is pure rounding noise of up to lr; two correct fp32 implementations that sum in a
 different order end up to 2e-3 apart there, and with `post_update` / `fresh` that spreads into
 the student through the next batch. Comparing gradients (well conditioned) at every step and
 feeding both optimisers the same gradient checks every part of the algorithm to ~1e-5 without
-that noise.
+that noise. The modules run with `channels_last` off, the plain reference's memory format: with
+it on (a speed switch, the same maths) other conv kernels round differently, and behind a
+batch-statistics BatchNorm that grew to 1e-3 relative in a few of the stem's gradient elements.
 
 The SPEC's numbers are spelled out below on purpose: a config that drifts from them fails here.
 """
@@ -42,7 +44,7 @@ from zskt_test_helpers import compose_run_config
 from zskt.models import Generator, WideResNet
 
 C = 10
-CL = False  # channels_last off: the same conv kernels as the plain reference (see the docstring)
+CHANNELS_LAST = False  # channels_last off: the same conv kernels as the plain reference (see the docstring)
 STUDENT = {"depth": 10, "width": 1, "num_classes": C}
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}  # fp32 weights and buffers under different op orders
 GRAD_RTOL = 1e-4  # gradients: relative, plus 1e-5 of the step's largest element for those near zero
@@ -88,11 +90,11 @@ def random_teacher(logit_scale: float = 1.0, seed: int = 1) -> WideResNet:
 
 
 def build_method(tmp_path, method: str, teacher: nn.Module, **sizes) -> pl.LightningModule:
-    """The module `python -m zskt.run method=<method>` builds, with its config's values as they
-    are (channels_last, the default, included) and only the sizes in `sizes` changed."""
+    """The module `python -m zskt.run method=<method> channels_last=false` builds, with its
+    config's values as they are and only the sizes in `sizes` changed."""
     cfg = compose_run_config(tmp_path, [f"method={method}", "dataset=cifar10"])
-    return instantiate(cfg.method, student=dict(STUDENT), teacher=copy.deepcopy(teacher), channels_last=CL,
-                       compile=False, _convert_="all", **sizes)
+    return instantiate(cfg.method, student=dict(STUDENT), teacher=copy.deepcopy(teacher),
+                       channels_last=CHANNELS_LAST, compile=False, _convert_="all", **sizes)
 
 
 def trainer(**arguments) -> pl.Trainer:
