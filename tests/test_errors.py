@@ -44,6 +44,7 @@ def make_input(tmp: Path, kind: str) -> Path:
     elif kind == "folder_empty_class":
         write_image_folder(path)
         (path / "train" / "d").mkdir()
+        (path / "test" / "d").mkdir()
     elif kind == "folder_not_an_image":
         write_image_folder(path)
         (path / "train" / "a" / "notes.png").write_text("not an image")
@@ -71,9 +72,9 @@ BAD_RUNS = [
     (["dataset=image_folder", "dataset.root={folder_not_an_image}"], "notes.png is not a readable image"),
     (["dataset=image_folder", "dataset.root={folder_40px}"], "dataset.resize=true"),
     (["method=evaluate", "student.checkpoint=/nonexistent.pt"], "does not exist"),
-    (["method=evaluate", "student.checkpoint={corrupt.pt}"], "truncated or corrupt"),
+    (["method=evaluate", "student.checkpoint={corrupt.pt}"], "is not a PyTorch checkpoint"),
     (["method=evaluate", "student.checkpoint={truncated.pt}"], "truncated or corrupt"),
-    (["method=evaluate", "student.checkpoint={three_classes.pt}"], "num_classes=10"),
+    (["method=evaluate", "student.checkpoint={three_classes.pt}"], "holds a WRN-10-1 with 3 classes, expected 10 classes"),
     (["method=evaluate", "student.checkpoint={generator.pt}"], "not a Wide ResNet state dict"),
     (["method=evaluate", "student.checkpoint={unsafe.pt}"], "checkpoint.allow_unsafe=true"),
     (["method=zero_shot", "teacher.checkpoint={three_classes.pt}"], "num_classes=10"),

@@ -33,7 +33,9 @@ from zskt.checkpoints import atomic_write_json, atomic_write_text, load_model, s
 from zskt.errors import UserError
 from zskt.hardware import register_resolvers
 from zskt.models.wide_resnet import count_parameters
+from zskt.rundir import check_resume, disk_full, disk_full_message, load_run_config, lock_run_dir, read_results
 from zskt.sweep import log_final_hparams
+from zskt.validation import check_teacher, validate_config
 
 log = logging.getLogger("zskt")
 register_resolvers()
@@ -59,7 +61,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     output_dir = Path(cfg.paths.output_dir)
     saved = output_dir / RUN_CONFIG
     if cfg.resume and saved.is_file():
-        resumed = OmegaConf.load(saved)
+        resumed = load_run_config(saved)
         resumed.resume = True
         return resumed
     if cfg.resume and not _is_multirun():
@@ -205,13 +207,12 @@ def execute(raw: DictConfig) -> dict:
     """Run one configured job and return its results (also written to results.json)."""
     start = time.perf_counter()
     cfg = resolve_config(raw)
+    validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir)
     results_file = output_dir / RESULTS
     if cfg.resume and results_file.is_file():
-        import json
-
-        done = json.loads(results_file.read_text())
+        done = read_results(results_file)
         if done.get("status") == "completed":
             print(f"zskt: {output_dir} already completed (test accuracy {done.get('test_acc')}%); nothing to resume")
             return done
@@ -235,6 +236,7 @@ def execute(raw: DictConfig) -> dict:
                 shutil.copyfile(Path(cfg.paths.output_dir) / "teacher" / trained["model"], cfg.teacher.checkpoint)
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
         extra["teacher"], teacher_info = load_teacher(cfg, datamodule.num_classes)
+        check_teacher(extra["teacher"], datamodule.test_inputs, cfg.teacher.checkpoint)
 
     module = _instantiate(
         cfg.method,
@@ -248,7 +250,10 @@ def execute(raw: DictConfig) -> dict:
         module.student.load_state_dict(initial.state_dict())
 
     trainer = build_trainer(cfg, module)
+    if cfg.resume:
+        check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     # every input is checked: from here on the run writes its outputs (check_output_dir made the dir)
+    run_lock = lock_run_dir(output_dir)  # noqa: F841 - held until execute returns; the kernel drops it if we die
     if not cfg.resume:
         atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
     datamodule.save_subset()
@@ -333,6 +338,11 @@ def run(cfg: DictConfig) -> dict:
         return execute(cfg)
     except UserError as err:
         print(f"zskt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # a full disk: raised directly, or chained under a failed save in Lightning's handlers
+        if (full := disk_full(err)) is None:
+            raise
+        print(f"zskt: error: {disk_full_message(full, cfg.paths.output_dir)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from zskt.checkpoints import atomic_write_text
 from zskt.errors import UserError
 from zskt.methods.base import DistillationModule, scaled
+from zskt.validation import check
 
 STEP_ON = ("student", "teacher")
 CSV_COLUMNS = ("k", "p_student", "p_student_stderr", "p_teacher", "p_teacher_stderr")
@@ -177,12 +178,9 @@ class BeliefMatching(DistillationModule):
         super().__init__(name, student, teacher, channels_last, compile)
         if not student_checkpoint:
             raise UserError("method=abm compares a trained student with its teacher: add student.checkpoint=<its model.pt>")
-        for key, value, low in (("k", k, 1), ("n_images", n_images, 2), ("batch_images", batch_images, 1),
-                                ("plot_k", plot_k, 0)):
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"method.{key}={value} is invalid: use an integer >= {low}")
-        if not isinstance(xi, (int, float)) or xi <= 0:
-            raise UserError(f"method.xi={xi} is invalid: use a positive step size")
+        for key, value in (("k", k), ("n_images", n_images), ("batch_images", batch_images), ("plot_k", plot_k),
+                           ("xi", xi)):
+            check(f"method.{key}", value)
         if step_on not in STEP_ON:
             raise UserError(f"method.step_on={step_on} is invalid: choose one of {', '.join(STEP_ON)}")
         self.student_checkpoint, self.output_dir = student_checkpoint, Path(output_dir)
