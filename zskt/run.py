@@ -33,7 +33,8 @@ from zskt.checkpoints import atomic_write_json, atomic_write_text, load_model, s
 from zskt.errors import UserError
 from zskt.hardware import register_resolvers
 from zskt.models.wide_resnet import count_parameters
-from zskt.rundir import check_resume, disk_full, disk_full_message, load_run_config, lock_run_dir, read_results
+from zskt.rundir import (check_resume, disk_full, disk_full_message, load_run_config, lock_run_dir, read_results,
+                         releases_run_dir_locks)
 from zskt.sweep import log_final_hparams
 from zskt.validation import check_teacher, validate_config
 
@@ -44,6 +45,9 @@ register_resolvers()
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")  # zero-shot iterations
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")  # frozen teachers
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # tiny few-shot epochs
+# a fresh fit with OnExceptionCheckpoint looks for a "last" checkpoint to resume (we pass resume's explicitly)
+warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
+warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -203,6 +207,7 @@ def recorded_teacher(raw: DictConfig, cfg: DictConfig, student_meta: dict | None
 
 
 # ---------------------------------------------------------------------------- the run
+@releases_run_dir_locks
 def execute(raw: DictConfig) -> dict:
     """Run one configured job and return its results (also written to results.json)."""
     start = time.perf_counter()
@@ -210,6 +215,7 @@ def execute(raw: DictConfig) -> dict:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir)
+    lock_run_dir(output_dir)  # one run per dir: held until execute returns; the kernel drops it if the process dies
     results_file = output_dir / RESULTS
     if cfg.resume and results_file.is_file():
         done = read_results(results_file)
@@ -253,7 +259,6 @@ def execute(raw: DictConfig) -> dict:
     if cfg.resume:
         check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     # every input is checked: from here on the run writes its outputs (check_output_dir made the dir)
-    run_lock = lock_run_dir(output_dir)  # noqa: F841 - held until execute returns; the kernel drops it if we die
     if not cfg.resume:
         atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)
     datamodule.save_subset()

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zskt.errors import UserError
 
-LOCK_FILE = ".zskt.lock"
 # keys without which a saved config cannot be a run's (a damaged or foreign run_config.yaml)
 RUN_CONFIG_KEYS = ("method", "dataset", "student", "trainer", "paths", "seed")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -30,22 +30,21 @@ def _resume_command(output_dir: Path) -> str:
 
 # ---------------------------------------------------------------------------- one run per dir
 class RunDirLock:
-    """An exclusive `flock` on <run dir>/.zskt.lock, held while this object lives (or until
-    `release`). The kernel drops it when the process ends, however it ends (SIGKILL too), so
-    a crashed run never leaves a stale lock behind."""
+    """An exclusive `flock` on the run dir itself (no lock file: nothing is written), held while
+    this object lives or until `release`. The kernel drops it when the process ends, however it
+    ends (SIGKILL too), so a crashed run never leaves a stale lock behind. On a file system
+    without flock (some network mounts) the dir is simply not locked."""
 
     def __init__(self, output_dir: str | os.PathLike) -> None:
-        self.path = Path(output_dir) / LOCK_FILE
-        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd: int | None = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
             self.release()
-            raise UserError(f"another zskt run (pid {holder}) is running in {output_dir}: wait for it to end, "
-                            "or pass another hydra.run.dir") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+            raise UserError(f"another zskt run is running in {output_dir} (it holds the dir's lock): wait for it "
+                            "to end, or pass another hydra.run.dir") from None
+        except OSError:  # no flock here: run unlocked rather than not at all
+            self.release()
 
     def release(self) -> None:
         if self.fd is not None:
@@ -56,14 +55,31 @@ class RunDirLock:
         self.release()
 
 
-def lock_run_dir(output_dir: str | os.PathLike) -> RunDirLock | None:
-    """Take the run dir's lock (a `UserError` if another run holds it). Only global rank 0
-    locks: under srun/torchrun every rank runs the whole program in the same dir."""
+_held: list[RunDirLock] = []  # the locks this process holds, innermost run last
+
+
+def lock_run_dir(output_dir: str | os.PathLike) -> None:
+    """Take the run dir's lock (a `UserError` if another run holds it) until the function wrapped
+    in `releases_run_dir_locks` returns. Only global rank 0 locks: under srun/torchrun every rank
+    runs the whole program in the same dir."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    if getattr(rank_zero_only, "rank", 0) != 0:
-        return None
-    return RunDirLock(output_dir)
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        _held.append(RunDirLock(output_dir))
+
+
+def releases_run_dir_locks(run: Callable) -> Callable:
+    """Decorate the function that runs one job: the locks it takes are released when it returns
+    or raises (a sweep's next job, or a resumed run in the same process, can take them again)."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        depth = len(_held)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            while len(_held) > depth:
+                _held.pop().release()
+    return wrapper
 
 
 # ---------------------------------------------------------------------------- files read back on resume

@@ -198,6 +198,10 @@ def check(key: str, value: Any) -> None:
     rule = _rule(key)
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(rule, MapOf) and isinstance(value, Mapping):  # name the entry that is wrong
+        for name, entry in value.items():
+            if not rule.item.ok(entry):
+                raise UserError(f"{key}.{name}={_shown(entry)} is invalid: use {rule.item.what}")
     if not rule.ok(value):
         raise UserError(f"{key}={_shown(value)} is invalid: use {rule.what}")
 

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -135,7 +136,11 @@ def decode_rgb(path: str) -> Tensor:
     except (RuntimeError, ValueError):
         try:
             with Image.open(path) as pil:
-                image = pil_to_tensor(pil.convert("RGB"))
+                if pil.mode.startswith("I;16"):  # PIL's RGB conversion would clip 16-bit values at 255
+                    image = torch.as_tensor(np.asarray(pil, dtype=np.uint16).astype(np.int32)).expand(3, -1, -1)
+                    image = image.float().div(257).round().to(torch.uint8)
+                else:
+                    image = pil_to_tensor(pil.convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # PIL's decoders raise these
             reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
             raise UserError(f"{path} is not a readable image ({reason}): remove it from the dataset folder") from None
