@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zskt.checkpoints import atomic_write_json, load_model, read_checkpoint, save_model
+from zskt.checkpoints import atomic_write_json, load_model, save_model
 from zskt.errors import UserError
 from zskt.models import Generator, WideResNet
 
@@ -178,7 +178,9 @@ def _only_user_errors(path: Path, data: bytes) -> None:
         assert "\n" not in str(err) and str(path) in str(err)
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# deterministic examples and no example database: the same inputs on every machine, nothing written to the tree
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ

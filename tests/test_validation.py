@@ -155,3 +155,10 @@ def test_the_run_stops_with_one_line_before_writing(tmp_path, capsys, overrides,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == [err[0]] and err[0].startswith("zskt: error: ") and expected in err[0], err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))
+
+
+def test_callback_periods_are_checked_too():
+    cfg = dict(CONFIGS)["method=scratch"].copy()
+    cfg.callbacks.divergence_guard.check_every_n_steps = 0  # would divide by zero at the first batch
+    with pytest.raises(UserError, match="callbacks.divergence_guard.check_every_n_steps=0 is invalid"):
+        validate_config(cfg)

@@ -93,6 +93,9 @@ def save_model(model: WideResNet, path: str | os.PathLike, *, dataset: str, mean
     )
 
 
+EMPTY = "is an empty file"
+
+
 def _what_it_is(path: Path) -> str | None:
     """Why `path` cannot be a checkpoint file at all ("is a directory", ...); None for a regular file."""
     if path.is_symlink() and not path.exists():
@@ -104,7 +107,7 @@ def _what_it_is(path: Path) -> str | None:
     if not path.is_file():
         return "is not a regular file"
     if path.stat().st_size == 0:
-        return "is an empty file"
+        return EMPTY
     return None
 
 
@@ -144,9 +147,12 @@ def read_checkpoint(path: str | os.PathLike, allow_unsafe: bool = False,
     code while loading) is refused unless `allow_unsafe` (`checkpoint.allow_unsafe=true`).
     """
     path = Path(path)
-    problem = _what_it_is(path)
+    try:
+        problem = _what_it_is(path)
+    except OSError as err:  # a folder on the way that cannot be searched, a symlink loop
+        problem = f"cannot be read ({err.strerror or err})"
     if problem is not None:
-        raise UserError(f"checkpoint {path} {problem}: check the path")
+        raise UserError(f"checkpoint {path} {problem}: {fix if problem == EMPTY else 'check the path'}")
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickles would break the one line
             warnings.simplefilter("ignore")

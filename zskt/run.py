@@ -228,6 +228,8 @@ def execute(raw: DictConfig) -> dict:
 
     datamodule = _instantiate(cfg.dataset, "dataset")
     datamodule.setup("fit")
+    if cfg.resume:  # what the run reads back from its dir, before it writes anything there
+        check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     arch, initial, initial_meta = build_student_arch(cfg, datamodule.num_classes)
 
     extra, teacher_info = {}, None
@@ -256,8 +258,6 @@ def execute(raw: DictConfig) -> dict:
         module.student.load_state_dict(initial.state_dict())
 
     trainer = build_trainer(cfg, module)
-    if cfg.resume:
-        check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     # every input is checked: from here on the run writes its outputs (check_output_dir made the dir)
     if not cfg.resume:
         atomic_write_text(OmegaConf.to_yaml(cfg), output_dir / RUN_CONFIG)

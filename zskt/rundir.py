@@ -85,7 +85,7 @@ def releases_run_dir_locks(run: Callable) -> Callable:
 # ---------------------------------------------------------------------------- files read back on resume
 def load_run_config(path: Path) -> DictConfig:
     """A run's saved run_config.yaml, or a one-line `UserError` if it is damaged."""
-    damaged = f"the run cannot resume without it; restore it, or start the run again in a new dir (without resume=true)"
+    damaged = "the run cannot resume without it; restore it, or start the run again in a new dir (without resume=true)"
     try:
         saved = OmegaConf.load(path)
     except Exception as err:  # noqa: BLE001 - yaml's parser errors, a binary file, an unreadable one

@@ -9,6 +9,7 @@ teach (non-finite weights or outputs) before any training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ class Number:
             return self.optional
         if isinstance(value, bool) or not isinstance(value, (int, float) if not self.integer else int):
             return False
-        if value != value:  # NaN
+        if math.isnan(value):
             return False
         if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
             return False
@@ -160,6 +161,11 @@ RULES: dict[str, dict[str, Any]] = {
         "seed": SEED,
         "batch_images": POSITIVE_INT,
         "plot_k": NON_NEGATIVE_INT,
+    },
+    "callbacks": {
+        "divergence_guard": {"check_every_n_steps": POSITIVE_INT},
+        "generator_samples": {"n_samples": POSITIVE_INT, "nrow": POSITIVE_INT, "seed": SEED},
+        "progress_bar": {"refresh_rate": NON_NEGATIVE_INT},
     },
     "dataset": {
         "m": Custom(_parse_m),
