@@ -148,3 +148,95 @@ def test_datamodule_batches_and_few_shot_subset(tmp_path):
     assert test_images.dtype == torch.float32  # evaluation batches arrive normalised
     with pytest.raises(UserError, match="smallest class"):
         ImageDataModule("digits", m=1000).setup()
+
+
+# ---------------------------------------------------------------------------- any file in an ImageFolder tree
+def _pixels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def _spoil(path: Path, kind: str) -> None:
+    """Put a bad file at `path` (its suffix chooses the format)."""
+    from PIL import Image
+
+    if kind == "not an image":
+        path.write_text("a text file named like an image")
+    elif kind in ("truncated jpeg", "truncated png"):
+        Image.fromarray(_pixels()).save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    elif kind == "corrupt png":
+        Image.fromarray(_pixels()).save(path)
+        data = bytearray(path.read_bytes())
+        data[40:80] = bytes(40)  # inside the image data: the checksum no longer matches
+        path.write_bytes(bytes(data))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "dangling symlink":
+        path.symlink_to(path.parent / "gone.png")
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize(("kind", "name", "expected"), [
+    ("not an image", "notes.png", "is not a readable image"),
+    ("truncated jpeg", "cut.jpg", "is not a readable image"),
+    ("truncated png", "cut.png", "is not a readable image"),
+    ("corrupt png", "bad.png", "is not a readable image"),
+    ("empty", "empty.jpg", "is not a readable image"),
+    ("dangling symlink", "link.png", "cannot be read"),
+])
+def test_a_bad_file_in_the_tree_is_one_line_naming_it(tmp_path, kind, name, expected):
+    write_image_folder(tmp_path, per_class=2)
+    bad = tmp_path / "train" / "b" / name
+    _spoil(bad, kind)
+    with pytest.raises(UserError) as raised:
+        sources.load_image_folder(str(tmp_path), "train", cache_dir=str(tmp_path / "cache"))
+    message = str(raised.value)
+    assert "\n" not in message and str(bad) in message and expected in message, message
+    assert "remove it" in message
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [
+    ("L", ".png"), ("LA", ".png"), ("RGBA", ".png"), ("P", ".png"), ("1", ".png"), ("I;16", ".png"),
+    ("L", ".jpg"), ("CMYK", ".jpg"), ("L", ".bmp"), ("P", ".bmp"), ("RGBA", ".tif"), ("I;16", ".tif"),
+])
+def test_grayscale_alpha_palette_and_16_bit_images_become_8_bit_rgb(tmp_path, mode, suffix):
+    from PIL import Image
+
+    gray = _pixels(1)[..., 0]
+    if mode == "I;16":  # full 16-bit range: 8-bit value v stored as v * 257
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+        expected = torch.as_tensor(gray).expand(3, -1, -1)
+    else:
+        image = Image.fromarray(_pixels(1)).convert(mode)
+        expected = None
+    path = tmp_path / f"image{suffix}"
+    image.save(path)
+    if expected is None:  # what PIL makes of the saved file (JPEG: lossy, so the file, not the array)
+        expected = torch.as_tensor(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    decoded = sources.decode_rgb(str(path))
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 32, 32)
+    assert (decoded.int() - expected.int()).abs().max() <= 1  # JPEG decoders may differ by one level
+
+
+def test_a_class_in_one_split_only_and_an_empty_split_are_named(tmp_path):
+    write_image_folder(tmp_path / "one", per_class=2)
+    (tmp_path / "one" / "test" / "c").rename(tmp_path / "one" / "test_c_elsewhere")
+    with pytest.raises(UserError, match=r"class folder\(s\) c are in .*one/train but not in .*one/test"):
+        ImageDataModule("image_folder", root=str(tmp_path / "one")).setup()
+    write_image_folder(tmp_path / "empty", per_class=2)
+    for folder in (tmp_path / "empty" / "test").iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    with pytest.raises(UserError, match=r"empty/test holds no class folders"):
+        ImageDataModule("image_folder", root=str(tmp_path / "empty")).setup()
+
+
+def test_a_damaged_cache_is_decoded_again(tmp_path):
+    write_image_folder(tmp_path / "tree", per_class=2)
+    first = sources.load_image_folder(str(tmp_path / "tree"), "train", cache_dir=str(tmp_path / "cache"))
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    again = sources.load_image_folder(str(tmp_path / "tree"), "train", cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(first.images, again.images)

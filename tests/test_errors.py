@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import zskt.run
 from zskt_test_helpers import cli, write_image_folder
@@ -44,11 +46,23 @@ def make_input(tmp: Path, kind: str) -> Path:
     elif kind == "folder_empty_class":
         write_image_folder(path)
         (path / "train" / "d").mkdir()
+        (path / "test" / "d").mkdir()
     elif kind == "folder_not_an_image":
         write_image_folder(path)
         (path / "train" / "a" / "notes.png").write_text("not an image")
     elif kind == "folder_40px":
         write_image_folder(path, size=40)
+    elif kind == "folder_truncated_jpeg":
+        write_image_folder(path)
+        jpeg = path / "train" / "b" / "cut.jpg"
+        Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(jpeg)
+        jpeg.write_bytes(jpeg.read_bytes()[:200])
+    elif kind == "folder_class_in_train_only":
+        write_image_folder(path)
+        write_image_folder(path / "extra", classes=("d",))
+        (path / "extra" / "train" / "d").rename(path / "train" / "d")
+    elif kind == "text.pt":
+        path.write_text("not a checkpoint, a note\n")
     else:
         raise ValueError(kind)
     return path
@@ -70,11 +84,17 @@ BAD_RUNS = [
     (["dataset=image_folder", "dataset.root={folder_empty_class}"], "hold no images"),
     (["dataset=image_folder", "dataset.root={folder_not_an_image}"], "notes.png is not a readable image"),
     (["dataset=image_folder", "dataset.root={folder_40px}"], "dataset.resize=true"),
+    (["dataset=image_folder", "dataset.root={folder_truncated_jpeg}"], "cut.jpg is not a readable image"),
+    (["dataset=image_folder", "dataset.root={folder_class_in_train_only}"], "are in"),
     (["method=evaluate", "student.checkpoint=/nonexistent.pt"], "does not exist"),
-    (["method=evaluate", "student.checkpoint={corrupt.pt}"], "truncated or corrupt"),
+    (["method=evaluate", "student.checkpoint={corrupt.pt}"], "is not a PyTorch checkpoint"),
     (["method=evaluate", "student.checkpoint={truncated.pt}"], "truncated or corrupt"),
-    (["method=evaluate", "student.checkpoint={three_classes.pt}"], "num_classes=10"),
+    (["method=evaluate", "student.checkpoint={three_classes.pt}"], "holds a WRN-10-1 with 3 classes, expected 10 classes"),
     (["method=evaluate", "student.checkpoint={generator.pt}"], "not a Wide ResNet state dict"),
+    (["method=evaluate", "student.checkpoint={empty_dir}"], "is a directory"),
+    (["method=kd_at", "dataset.m=2", "teacher.checkpoint={text.pt}"], "is a text file, not a PyTorch checkpoint"),
+    (["method.lr=-0.1"], "method.lr=-0.1 is invalid: use a positive number"),
+    (["method=zero_shot", "method.grad_clip=0"], "method.grad_clip=0 is invalid"),
     (["method=evaluate", "student.checkpoint={unsafe.pt}"], "checkpoint.allow_unsafe=true"),
     (["method=zero_shot", "teacher.checkpoint={three_classes.pt}"], "num_classes=10"),
     (["method=kd_at", "dataset.m=2", "teacher.depth=16", "teacher.width=2"], "train it with `python -m zskt.run"),

@@ -97,7 +97,7 @@ def test_first_iteration_losses_match_hand_computation(tmp_path, teacher_zoo):
                 captured["g_loss"] = float(trainer.callback_metrics["train/generator_loss"])
                 captured["s_loss"] = float(trainer.callback_metrics["train/student_loss"])
 
-    cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=1", "method.n_student_steps=1",
+    cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.iterations=1", "method.eval_every=1", "method.n_student_steps=1",
                                                     "trainer.log_every_n_steps=1", "seed=3", "teacher.seed=0"))
     zskt.run.execute(cfg, callbacks=[Capture()])
 

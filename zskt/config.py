@@ -20,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zskt.errors import UserError
 from zskt.hardware import best_precision
+from zskt.rundir import load_run_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # the files a run writes into its output dir
@@ -65,7 +66,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
     output_dir = Path(cfg.paths.output_dir)
     saved = output_dir / RUN_CONFIG
     if cfg.resume and saved.is_file():
-        resumed = OmegaConf.load(saved)
+        resumed = load_run_config(saved)
         resumed.resume = True
         return resumed
     if cfg.resume and not is_multirun():

@@ -27,8 +27,10 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object])
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a full disk's error then names the file that could not be written
         raise
 
 

@@ -11,7 +11,6 @@ method, dataset, seed, message, last_good_checkpoint, wall_time_s.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,6 +23,7 @@ from zskt.checkpoints import save_model
 from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
 from zskt.errors import UserError
 from zskt.io import atomic_write_json, atomic_write_text
+from zskt.rundir import read_results
 
 log = logging.getLogger("zskt")
 BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); test_acc is the final one"
@@ -51,7 +51,7 @@ def completed_run(output_dir: Path) -> dict | None:
     path = output_dir / RESULTS
     if not path.is_file():
         return None
-    done = json.loads(path.read_text())
+    done = read_results(path)
     return done if done.get("status") == "completed" else None
 
 

@@ -28,7 +28,9 @@ from zskt.callbacks import Diverged
 from zskt.checkpoints import load_model
 from zskt.config import check_overrides, instantiate_node, is_multirun, resolve_config
 from zskt.errors import UserError
+from zskt.rundir import check_resume, disk_full, disk_full_message, lock_run_dir, releases_run_dir_locks
 from zskt.sweep import log_final_hparams
+from zskt.validation import check_teacher, validate_config
 
 log = logging.getLogger("zskt")
 info = rank_zero_only(log.info)
@@ -68,13 +70,16 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(
                         "trainer.strategy / trainer.precision for this machine") from None
 
 
+@releases_run_dir_locks
 def execute(raw: DictConfig, callbacks=()) -> dict:
     """Run one configured job and return its results (also written to results.json).
     `callbacks`: extra Lightning callbacks for this run's Trainer (not for a teacher it trains)."""
     start = time.perf_counter()
     cfg = resolve_config(raw)
+    validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     results.check_output_dir(cfg)
+    lock_run_dir(output_dir)  # one run per dir: held until execute returns; the kernel drops it if the process dies
     if cfg.resume and (done := results.completed_run(output_dir)) is not None:
         info(f"{output_dir} already completed (test accuracy {done.get('test_acc')}%); nothing to resume")
         return done
@@ -85,6 +90,8 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     datamodule = instantiate_node(cfg.dataset, "dataset")
     datamodule.prepare_data()  # here, not by the Trainer: the class count sizes the networks before it exists
     datamodule.setup("fit")
+    if cfg.resume:  # what the run reads back from its dir, before it writes anything there
+        check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     num_classes = datamodule.num_classes
     initial, initial_meta = None, None
     if cfg.student.get("checkpoint"):
@@ -102,6 +109,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
             teachers.place_trained(cfg, execute(teachers.training_config(raw)))
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
         parts["teacher"], teacher_info = teachers.load_teacher(cfg, num_classes)
+        check_teacher(parts["teacher"], datamodule.test_inputs, cfg.teacher.checkpoint)
     module = instantiate_node(cfg.method, "method", student=arch, channels_last=cfg.channels_last,
                               compile=cfg.compile, **parts)
     if initial is not None:
@@ -166,6 +174,11 @@ def run(cfg: DictConfig) -> dict:
         return execute(cfg)
     except UserError as err:
         print(f"zskt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # a full disk: raised directly, or chained under a failed save in Lightning's handlers
+        if (full := disk_full(err)) is None:
+            raise
+        print(f"zskt: error: {disk_full_message(full, cfg.paths.output_dir)}", file=sys.stderr)
         sys.exit(2)
 
 

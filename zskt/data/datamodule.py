@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from zskt.data.augment import normalize, random_crop_flip
 from zskt.data.few_shot import few_shot_indices, parse_m
 from zskt.errors import UserError
 from zskt.rng import PicklableGenerators
+from zskt.validation import check
 
 DATASETS = ("cifar10", "svhn", "image_folder", "digits")
 
@@ -56,8 +58,7 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         if root and name in ("image_folder",) and root != "<memory>" and not Path(root).is_dir():
             raise UserError(f"dataset.root={root} does not exist: point it at a folder with train/ and test/")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"dataset.{key}={value} is invalid: use a positive integer")
+            check(f"dataset.{key}", value)
         # not to the logger: the run's HPARAMS tab is zskt.sweep's (and `name` would clash with the method's)
         self.save_hyperparameters(logger=False)
         self.name, self.m = name, parse_m(m)
@@ -101,11 +102,16 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         """Record the few-shot subset in <output_dir>/few_shot_indices.json (when there is one).
 
         Separate from `setup`: a run writes it only once every input has been checked."""
-        if self.indices is not None and self.hparams.output_dir is not None:
-            atomic_write_json(
-                {"dataset": self.name, "m": self.m, "seed": self.hparams.subset_seed, "indices": self.indices.tolist()},
-                Path(self.hparams.output_dir) / "few_shot_indices.json",
-            )
+        if self.indices is None or self.hparams.output_dir is None:
+            return
+        record = {"dataset": self.name, "m": self.m, "seed": self.hparams.subset_seed, "indices": self.indices.tolist()}
+        path = Path(self.hparams.output_dir) / "few_shot_indices.json"
+        try:
+            if json.loads(path.read_text()) == record:  # a resumed run: leave the file as it is
+                return
+        except (OSError, ValueError):
+            pass
+        atomic_write_json(record, path)
 
     def setup(self, stage: str | None = None) -> None:
         """Decode both splits once, choose the few-shot subset and the normalisation."""

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -101,9 +102,57 @@ def load_digits(split: str, split_seed: int, test_fraction: float) -> ImageTenso
 def _folder_signature(files: list[tuple[str, int]], resize: bool) -> str:
     digest = hashlib.sha1(f"resize={resize}".encode())
     for path, label in files:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as err:  # a dangling symlink, a file removed while we look
+            raise UserError(f"{path} cannot be read ({err.strerror}): remove it from the dataset folder") from None
         digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _check_same_classes(root: Path) -> None:
+    """Both splits must hold the same class folders (checked before anything is decoded)."""
+    from torchvision.datasets.folder import find_classes
+
+    classes = {}
+    for split in ("train", "test"):
+        try:
+            classes[split] = set(find_classes(str(root / split))[0])
+        except FileNotFoundError:
+            state = "holds no class folders" if (root / split).is_dir() else "does not exist"
+            raise UserError(f"{root / split} {state}: dataset.root must hold train/<class>/* and test/<class>/* "
+                            "folders") from None
+    train, test = classes["train"], classes["test"]
+    for here, there, only in (("train", "test", train - test), ("test", "train", test - train)):
+        if only:
+            raise UserError(f"class folder(s) {', '.join(sorted(only))} are in {root / here} but not in {root / there}: "
+                            "every class needs images in both splits (add them, or remove the folder)")
+
+
+def decode_rgb(path: str) -> Tensor:
+    """An image file as a uint8 (3, H, W) tensor: grayscale, palette, RGBA and 16-bit images are
+    converted to 8-bit RGB; what torchvision cannot decode (BMP, TIFF, ...) goes through PIL. A
+    file that is not an image, or a truncated or corrupt one, is a one-line `UserError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        try:
+            with Image.open(path) as pil:
+                if pil.mode.startswith("I;16"):  # PIL's RGB conversion would clip 16-bit values at 255
+                    image = torch.as_tensor(np.asarray(pil, dtype=np.uint16).astype(np.int32)).expand(3, -1, -1)
+                    image = image.float().div(257).round().to(torch.uint8)
+                else:
+                    image = pil_to_tensor(pil.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # PIL's decoders raise these
+            reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
+            raise UserError(f"{path} is not a readable image ({reason}): remove it from the dataset folder") from None
+    if image.dim() == 4:  # an animated image: its first frame
+        image = image[0]
+    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
 
 
 def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: str | None = None) -> ImageTensors:
@@ -113,11 +162,11 @@ def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: st
     `cache_dir` keyed by the files' paths, sizes and times, so a second run starts fast.
     """
     from torchvision.datasets import ImageFolder
-    from torchvision.io import ImageReadMode, decode_image
 
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise UserError(f"{split_dir} does not exist: dataset.root must hold train/<class>/* and test/<class>/* folders")
+    _check_same_classes(Path(root))
     try:
         # allow_empty: our own check below names the empty class folders
         folder = ImageFolder(str(split_dir), allow_empty=True)
@@ -132,15 +181,15 @@ def load_image_folder(root: str, split: str, resize: bool = False, cache_dir: st
         key = hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:12]
         cache_file = Path(cache_dir) / f"imagefolder-{key}-{split}-{_folder_signature(folder.samples, resize)}.pt"
         if cache_file.is_file():
-            cached = torch.load(cache_file, weights_only=True)
-            return ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
+            try:
+                cached = torch.load(cache_file, weights_only=True)
+                return ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
+            except Exception:  # noqa: BLE001 - a damaged cache is only a cache: decode the images again
+                pass
 
     images = torch.empty((len(folder.samples), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     for i, (path, _) in enumerate(folder.samples):
-        try:
-            image = decode_image(path, mode=ImageReadMode.RGB)
-        except RuntimeError as err:
-            raise UserError(f"{path} is not a readable image ({err}): remove it from the dataset folder") from None
+        image = decode_rgb(path)
         if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
             if not resize:
                 raise UserError(

@@ -8,14 +8,13 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zskt.errors import UserError
 from zskt.models.wide_resnet import WideResNet, count_parameters, set_channels_last
+from zskt.validation import check
 
 
 def scaled(n: int, budget_scale: float) -> int:
     """A training length multiplied by `budget_scale`, never below 1."""
-    if not isinstance(budget_scale, (int, float)) or budget_scale <= 0:
-        raise UserError(f"method.budget_scale={budget_scale} is invalid: use a positive number (1.0 = the paper's budget)")
+    check("method.budget_scale", budget_scale)
     return max(1, int(round(n * budget_scale)))
 
 
@@ -25,15 +24,13 @@ def epoch_budget(epochs: int | None, full_epochs: int, m: int | None, reference_
     full-data run, SPEC section 4); either way multiplied by `budget_scale`."""
     if epochs is None:
         epochs = full_epochs if m is None else int(full_epochs * reference_m / m)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise UserError(f"method.epochs={epochs} is invalid: use a positive integer or null for the paper's recipe")
+    check("method.epochs", epochs)
     return scaled(epochs, budget_scale)
 
 
 def evaluation_period(total: int, evaluations: int) -> int:
     """Evaluate every this many epochs/iteration-blocks to get about `evaluations` evaluations."""
-    if not isinstance(evaluations, int) or evaluations < 1:
-        raise UserError(f"method.evaluations={evaluations} is invalid: use a positive integer")
+    check("method.evaluations", evaluations)
     return max(1, total // evaluations)
 
 

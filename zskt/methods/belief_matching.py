@@ -17,6 +17,7 @@ from zskt.evaluation.belief_matching import STEP_ON, agreeing_images, mean_trans
 from zskt.evaluation.transition_files import curves_csv, plot_curves
 from zskt.io import atomic_write_text
 from zskt.methods.base import DistillationModule, scaled
+from zskt.validation import check
 
 info = rank_zero_only(logging.getLogger("zskt").info)
 
@@ -38,12 +39,9 @@ class BeliefMatching(DistillationModule):
         super().__init__(name, student, teacher, channels_last, compile)
         if not student_checkpoint:
             raise UserError("method=abm compares a trained student with its teacher: add student.checkpoint=<its model.pt>")
-        for key, value, low in (("k", k, 1), ("n_images", n_images, 2), ("batch_images", batch_images, 1),
-                                ("plot_k", plot_k, 0)):
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"method.{key}={value} is invalid: use an integer >= {low}")
-        if not isinstance(xi, (int, float)) or xi <= 0:
-            raise UserError(f"method.xi={xi} is invalid: use a positive step size")
+        for key, value in (("k", k), ("n_images", n_images), ("batch_images", batch_images), ("plot_k", plot_k),
+                           ("xi", xi)):
+            check(f"method.{key}", value)
         if step_on not in STEP_ON:
             raise UserError(f"method.step_on={step_on} is invalid: choose one of {', '.join(STEP_ON)}")
         self.student_checkpoint, self.output_dir = student_checkpoint, Path(output_dir)

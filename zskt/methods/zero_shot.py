@@ -35,6 +35,7 @@ from zskt.losses import check_attention_compatible, generator_loss, zero_shot_st
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 from zskt.rng import PicklableGenerators
+from zskt.validation import check
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
 
@@ -71,9 +72,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         if student_batch not in STUDENT_BATCHES:
             raise UserError(f"method.student_batch={student_batch} is invalid: choose one of {', '.join(STUDENT_BATCHES)}")
         for key, value in (("batch_size", batch_size), ("n_generator_steps", n_generator_steps),
-                           ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations)):
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"method.{key}={value} is invalid: use a positive integer")
+                           ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations),
+                           ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
+                           ("temperature", temperature), ("grad_clip", grad_clip)):
+            check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
         self.generator = Generator(**generator)

@@ -53,7 +53,7 @@ def infer_arch(state: dict[str, Tensor]) -> dict:
         n = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"block1\.layer\.(\d+)\.", k)))
         width = state["block3.layer.0.conv1.weight"].shape[0] // 64
         num_classes = state["fc.weight"].shape[0]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, IndexError, AttributeError):
         raise UserError("the checkpoint is not a Wide ResNet state dict (no block1.layer.*, block3.*, fc.* keys): "
                         "pass a WRN's model.pt or state dict") from None
     return {"depth": 6 * n + 4, "width": int(width), "num_classes": int(num_classes)}

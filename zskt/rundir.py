@@ -1,0 +1,166 @@
+"""The run dir as a thing a user can damage: one run at a time in it (a lock), and the files a
+resumed run reads back (run_config.yaml, results.json, few_shot_indices.json, last.ckpt) checked
+before anything is written, each failure a one-line `UserError` that names the file and what to
+do. Also the one line for a full disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zskt.errors import UserError
+
+# keys without which a saved config cannot be a run's (a damaged or foreign run_config.yaml)
+RUN_CONFIG_KEYS = ("method", "dataset", "student", "trainer", "paths", "seed")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _resume_command(output_dir: Path) -> str:
+    return f"`python -m zskt.run hydra.run.dir={output_dir} resume=true`"
+
+
+# ---------------------------------------------------------------------------- one run per dir
+class RunDirLock:
+    """An exclusive `flock` on the run dir itself (no lock file: nothing is written), held while
+    this object lives or until `release`. The kernel drops it when the process ends, however it
+    ends (SIGKILL too), so a crashed run never leaves a stale lock behind. On a file system
+    without flock (some network mounts) the dir is simply not locked."""
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.fd: int | None = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise UserError(f"another zskt run is running in {output_dir} (it holds the dir's lock): wait for it "
+                            "to end, or pass another hydra.run.dir") from None
+        except OSError:  # no flock here: run unlocked rather than not at all
+            self.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+_held: list[RunDirLock] = []  # the locks this process holds, innermost run last
+
+
+def lock_run_dir(output_dir: str | os.PathLike) -> None:
+    """Take the run dir's lock (a `UserError` if another run holds it) until the function wrapped
+    in `releases_run_dir_locks` returns. Only global rank 0 locks: under srun/torchrun every rank
+    runs the whole program in the same dir."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        _held.append(RunDirLock(output_dir))
+
+
+def releases_run_dir_locks(run: Callable) -> Callable:
+    """Decorate the function that runs one job: the locks it takes are released when it returns
+    or raises (a sweep's next job, or a resumed run in the same process, can take them again)."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        depth = len(_held)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            while len(_held) > depth:
+                _held.pop().release()
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- files read back on resume
+def load_run_config(path: Path) -> DictConfig:
+    """A run's saved run_config.yaml, or a one-line `UserError` if it is damaged."""
+    damaged = "the run cannot resume without it; restore it, or start the run again in a new dir (without resume=true)"
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml's parser errors, a binary file, an unreadable one
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not valid YAML ({first}): {damaged}") from None
+    missing = [key for key in RUN_CONFIG_KEYS if not isinstance(saved, DictConfig) or key not in saved]
+    if missing:
+        raise UserError(f"{path} is not a zskt run config (no {', '.join(missing)}): {damaged}")
+    return saved
+
+
+def read_results(path: Path) -> dict:
+    """A run's results.json, or a one-line `UserError` if it is damaged."""
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({str(err)[:80]}): delete it and resume again; the run "
+                        "continues from checkpoints/last.ckpt (or starts again where there is none)") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path} holds a {type(results).__name__}, not a run's results: delete it and resume again; "
+                        "the run continues from checkpoints/last.ckpt (or starts again where there is none)")
+    return results
+
+
+def check_saved_subset(path: Path, indices: torch.Tensor | None) -> None:
+    """On resume: the few-shot subset recorded in few_shot_indices.json must be the one the saved
+    config chooses now (the data set or the file changed otherwise)."""
+    if indices is None or not path.is_file():
+        return
+    what_to_do = ("the run cannot continue on another subset; restore the data set (or the file), or start "
+                  "the run again in a new dir (without resume=true)")
+    try:
+        saved = json.loads(path.read_text())
+        saved_indices = saved["indices"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}: {str(err)[:60]}): {what_to_do}") from None
+    if saved_indices != indices.tolist():
+        raise UserError(f"{path} no longer matches the few-shot subset this run's config chooses (the data set "
+                        f"changed?): {what_to_do}")
+
+
+def check_last_checkpoint(path: Path, allow_unsafe: bool) -> None:
+    """On resume: last.ckpt must load and be a Lightning checkpoint, checked before anything is
+    written (Lightning itself reads it only after creating the logger's files)."""
+    from zskt.checkpoints import read_checkpoint
+
+    fix = "the run cannot resume from it; start it again in a new dir (without resume=true)"
+    checkpoint = read_checkpoint(path, allow_unsafe, fix=fix)
+    if not isinstance(checkpoint, dict) or not {"state_dict", "global_step", "epoch"} <= checkpoint.keys():
+        raise UserError(f"checkpoint {path} is not a Lightning training checkpoint: {fix}")
+
+
+def check_resume(output_dir: Path, indices: torch.Tensor | None, trains: bool, allow_unsafe: bool) -> None:
+    """Everything a resumed run reads back from its dir, checked before it writes anything."""
+    check_saved_subset(output_dir / "few_shot_indices.json", indices)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if trains and (last.exists() or last.is_symlink()):
+        check_last_checkpoint(last, allow_unsafe)
+
+
+# ---------------------------------------------------------------------------- a full disk
+def disk_full(err: BaseException) -> OSError | None:
+    """The first 'no space left' (or quota) error in `err`'s chain, if there is one: a save that
+    fails can make the exception handlers' own saves fail too."""
+    found = None
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            found = err
+        err = err.__context__
+    return found
+
+
+def disk_full_message(err: OSError, output_dir: str | os.PathLike) -> str:
+    """The one line for a run stopped by a full disk: what failed, what is safe, how to go on."""
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"no space left on the device{where} ({err.strerror or os.strerror(err.errno)}): the run stopped; "
+            f"{Path(output_dir) / 'checkpoints' / 'last.ckpt'} (if any) is the last complete checkpoint. "
+            f"Free some space, then resume with {_resume_command(Path(output_dir))}")
