@@ -109,7 +109,8 @@ def check_overrides(args: list[str]) -> None:
         compose_config(args)
     except MissingConfigException as err:
         group = Path(str(err.missing_cfg_file or "")).parent.name or "option"
-        options = ", ".join(err.options or [])
+        # a leading underscore marks a building block (dataset/_base.yaml), not a choice
+        options = ", ".join(o for o in err.options or [] if not o.startswith("_"))
         raise UserError(f"unknown {group} '{Path(str(err.missing_cfg_file)).name}': choose one of {options}") from None
     except Exception as err:  # Hydra's override and composition errors
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
