@@ -30,13 +30,8 @@ BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); 
 
 
 def check_output_dir(cfg: DictConfig) -> None:
-    """Fail before any work when the run's outputs could not be written, or when a fresh run would
-    start in the dir of an earlier one (Lightning would pick up that run's checkpoints)."""
+    """Fail before any work when the run's outputs could not be written."""
     output_dir = Path(cfg.paths.output_dir)
-    checkpoints = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=output_dir))
-    if not cfg.resume and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
-        raise UserError(f"{output_dir} holds the checkpoints of an earlier run: continue it with resume=true, "
-                        "or pass another hydra.run.dir")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):
@@ -44,6 +39,16 @@ def check_output_dir(cfg: DictConfig) -> None:
     except OSError as err:
         raise UserError(f"cannot write to the output dir {output_dir} ({err.strerror or err}): "
                         "pass hydra.run.dir=<a writable dir> (or paths.outputs=...)") from None
+
+
+def check_fresh(cfg: DictConfig) -> None:
+    """A fresh run (resume=false) refuses the dir of an earlier one: Lightning would pick up that
+    run's checkpoints as its "last" one."""
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoints = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=output_dir))
+    if not cfg.resume and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        raise UserError(f"{output_dir} holds the checkpoints of an earlier run: continue it with resume=true, "
+                        "or pass another hydra.run.dir")
 
 
 def completed_run(output_dir: Path) -> dict | None:

@@ -80,6 +80,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     results.check_output_dir(cfg)
     lock_run_dir(output_dir)  # one run per dir: held until execute returns; the kernel drops it if the process dies
+    results.check_fresh(cfg)
     if cfg.resume and (done := results.completed_run(output_dir)) is not None:
         info(f"{output_dir} already completed (test accuracy {done.get('test_acc')}%); nothing to resume")
         return done
