@@ -35,6 +35,7 @@ from zskt.errors import UserError
 from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
+from zskt.models.wide_resnet import set_channels_last
 from zskt.rng import PicklableGenerators
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
@@ -78,7 +79,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                 raise UserError(f"method.{key}={value} is invalid: use a positive integer")
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
-        self.generator = Generator(**generator)
+        # channels_last like the networks it feeds: its convolutions run faster so (batch 128 on 2
+        # AVX-512 cores: forward + backward 1.67 -> 1.22 CPU-seconds) and its output needs no copy
+        self.generator = set_channels_last(Generator(**generator), channels_last)
         self.total_iterations = scaled(iterations, budget_scale)
         self.eval_every = min(eval_every, self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
