@@ -65,6 +65,7 @@ def measure_zero_shot(spec: dict) -> dict:
     t_depth, t_width = spec["teacher"]
     s_depth, s_width = spec["student"]
     times: list[float] = []
+    cpu_times: list[float] = []  # process CPU seconds (all threads): robust to a shared machine's load
     phases: list[dict] = []
 
     class IterationTimer(pl.Callback):
@@ -92,11 +93,13 @@ def measure_zero_shot(spec: dict) -> dict:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             _sync()
             self.start, self.stamps, self.teacher = time.perf_counter(), {}, 0.0
+            self.cpu_start = time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             _sync()
             end = time.perf_counter()
             times.append(end - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
             g_end, s_end = self.stamps["generator_step_end"], self.stamps["student_steps_end"]
             phases.append({
                 "generator_step": g_end - self.start, "teacher_forward": self.teacher,
@@ -124,6 +127,7 @@ def measure_zero_shot(spec: dict) -> dict:
 
     fit(build(spec["warmup"] + spec["iterations"]), [IterationTimer()])
     seconds = statistics.median(times[spec["warmup"]:])
+    cpu_seconds = statistics.median(cpu_times[spec["warmup"]:])
     timed = phases[spec["warmup"]:]
     phase_seconds = {key: round(statistics.median(p[key] for p in timed), 4) for key in timed[0]}
     peak = _peak_memory_mb()
@@ -137,6 +141,8 @@ def measure_zero_shot(spec: dict) -> dict:
         "batch_size": spec["batch_size"], "seconds_per_iteration": round(seconds, 4),
         "peak_memory_mb": round(peak, 1), "gflop_per_iteration": round(flops / 1e9, 2),
         "gflops_achieved": round(flops / 1e9 / seconds, 1), "phase_seconds": phase_seconds,
+        "cpu_seconds_per_iteration": round(cpu_seconds, 4),
+        "gflop_per_cpu_second": round(flops / 1e9 / cpu_seconds, 1),
     }
 
 
@@ -213,15 +219,16 @@ def measure_plain_loop(spec: dict) -> dict:
         _sync()
         seconds.setdefault(name, []).append(time.perf_counter() - start)
 
-    times = []
+    times, cpu_times = [], []
     for i in range(total):
         seconds_before = {k: len(v) for k, v in seconds.items()}
         _sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with autocast:
             iteration(timed)
         _sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         if i < spec["warmup"]:
             seconds = {k: v[:seconds_before.get(k, 0)] for k, v in seconds.items()}
     per_iteration = statistics.median(times[spec["warmup"]:])
@@ -254,6 +261,7 @@ def measure_plain_loop(spec: dict) -> dict:
         "gflop_per_iteration": round(total_flops / 1e9, 2),
         "phase_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "gflops_achieved": round(total_flops / 1e9 / per_iteration, 1),
+        "cpu_seconds_per_iteration": round(statistics.median(cpu_times[spec["warmup"]:]), 4),
     }
 
 
@@ -336,15 +344,19 @@ def measure_matmul_peak(_: dict) -> dict:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         torch.mm(a, b)
-        best = 0.0
+        best = best_cpu = 0.0
         for _ in range(3):  # best of three: on a shared machine the slow trials measure the neighbours
             _sync()
-            reps, start = 5, time.perf_counter()
+            reps, start, cpu_start = 5, time.perf_counter(), time.process_time()
             for _ in range(reps):
                 torch.mm(a, b)
             _sync()
-            best = max(best, 2 * size**3 * reps / (time.perf_counter() - start) / 1e9)
-        result[f"{str(dtype).split('.')[-1]}_gflops"] = round(best, 1)
+            gflop = 2 * size**3 * reps / 1e9
+            best = max(best, gflop / (time.perf_counter() - start))
+            best_cpu = max(best_cpu, gflop / (time.process_time() - cpu_start))
+        name = str(dtype).split(".")[-1]
+        result[f"{name}_gflops"] = round(best, 1)
+        result[f"{name}_gflop_per_cpu_second"] = round(best_cpu, 1)
     return result
 
 
@@ -380,8 +392,13 @@ def where_the_time_goes(module: dict, same_work: dict, study: dict, peak: dict) 
         },
         "fraction_of_fp32_matmul_peak": round(module["gflops_achieved"] / peak["float32_gflops"], 3),
         "fraction_of_bf16_matmul_peak": round(module["gflops_achieved"] / peak["bfloat16_gflops"], 3),
+        # the same ratio in CPU seconds: what a loaded, shared machine cannot distort as much
+        "fraction_of_fp32_matmul_peak_by_cpu_time": round(
+            module["gflop_per_cpu_second"] / peak["float32_gflop_per_cpu_second"], 3),
         "lightning_overhead_percent": round(100 * overhead / same_work["seconds_per_iteration"], 1),
         "speedup_over_study_plain_loop": round(study["seconds_per_iteration"] / module["seconds_per_iteration"], 3),
+        "speedup_over_study_plain_loop_by_cpu_time": round(
+            study["cpu_seconds_per_iteration"] / module["cpu_seconds_per_iteration"], 3),
     }
 
 

@@ -32,5 +32,6 @@ def test_plain_loops_and_module_count_the_same_work_but_the_study_pays_the_teach
     # the teacher runs inside the generator step, which with the student steps is most of the iteration
     assert 0 < phases["teacher_forward"] < phases["generator_step"]
     assert phases["generator_step"] + phases["student_steps"] <= module["seconds_per_iteration"]
-    summary = bench.where_the_time_goes(module, same, study, {"float32_gflops": 100.0, "bfloat16_gflops": 200.0})
+    peak = {"float32_gflops": 100.0, "bfloat16_gflops": 200.0, "float32_gflop_per_cpu_second": 50.0}
+    summary = bench.where_the_time_goes(module, same, study, peak)
     assert summary["fraction_of_fp32_matmul_peak"] == pytest.approx(module["gflops_achieved"] / 100.0, abs=1e-3)
