@@ -169,6 +169,8 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     demo = compose_cfg(tmp_path, ["experiment=demo"])
     assert demo.method.name == "zero_shot" and demo.dataset.name == "digits"
     assert demo.teacher.train_if_missing and (demo.teacher.depth, demo.teacher.width) == (16, 2)
+    # the README states the demo's precision: fp32 on every machine, whatever it would pick
+    assert demo.trainer.precision == "32-true"
     paper = compose_cfg(tmp_path, ["method=zero_shot", "dataset=cifar10"])
     assert paper.method.iterations == 80000 and paper.method.batch_size == 128
     assert paper.method.n_student_steps == 10 and paper.method.beta == 250.0
