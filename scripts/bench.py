@@ -54,6 +54,20 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def configured_method(overrides: list[str], **parts):
+    """The method module `python -m zskt.run <overrides>` would build, its values from conf/ (the one
+    place they live), `parts` (student, teacher, ...) and any override given as a keyword on top."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from zskt.config import compose_config
+
+    cfg = compose_config(overrides)
+    method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))
+    parts = {"channels_last": cfg.channels_last, "compile": cfg.compile, **parts}
+    return instantiate(method, _convert_="all", **parts)
+
+
 def measure_zero_shot(spec: dict) -> dict:
     """Seconds per zero-shot iteration (median over the timed ones) under one setting."""
     import pytorch_lightning as pl
@@ -65,44 +79,203 @@ def measure_zero_shot(spec: dict) -> dict:
     t_depth, t_width = spec["teacher"]
     s_depth, s_width = spec["student"]
     times: list[float] = []
+    cpu_times: list[float] = []  # process CPU seconds (all threads): robust to a shared machine's load
+    phases: list[dict] = []
 
     class IterationTimer(pl.Callback):
+        """Whole iterations, and their phases from timestamps taken by hooks: the generator
+        optimiser's step ends the generator step, the student optimiser's last step ends the
+        student steps, forward hooks time the teacher's passes; what is left of the step is
+        schedulers and logging, and the time between two steps is Lightning's loop."""
+
+        def on_train_start(self, trainer, pl_module):
+            opt_g, opt_s = (o.optimizer for o in pl_module.optimizers())
+            opt_g.register_step_post_hook(lambda *_: self.mark("generator_step_end"))
+            opt_s.register_step_post_hook(lambda *_: self.mark("student_steps_end"))
+            pl_module.teacher.register_forward_pre_hook(lambda *_: self.mark("teacher_start"))
+            pl_module.teacher.register_forward_hook(lambda *_: self.teacher_done())
+            self.end = None
+
+        def mark(self, name: str) -> None:
+            _sync()
+            self.stamps[name] = time.perf_counter()
+
+        def teacher_done(self) -> None:
+            self.mark("teacher_end")
+            self.teacher += self.stamps["teacher_end"] - self.stamps["teacher_start"]
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             _sync()
-            self.start = time.perf_counter()
+            self.start, self.stamps, self.teacher = time.perf_counter(), {}, 0.0
+            self.cpu_start = time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             _sync()
-            times.append(time.perf_counter() - self.start)
+            end = time.perf_counter()
+            times.append(end - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
+            g_end, s_end = self.stamps["generator_step_end"], self.stamps["student_steps_end"]
+            phases.append({
+                "generator_step": g_end - self.start, "teacher_forward": self.teacher,
+                "student_steps": s_end - g_end, "schedulers_and_logging": end - s_end,
+                "lightning_between_steps": self.start - self.end if self.end is not None else float("nan"),
+            })
+            self.end = end
 
     def build(iterations: int) -> ZeroShot:
-        return ZeroShot(
-            name="zero_shot", student={"depth": s_depth, "width": s_width, "num_classes": 10},
-            teacher=WideResNet(t_depth, t_width, 10), generator={"z_dim": 100}, iterations=iterations,
+        return configured_method(
+            ["method=zero_shot"], student={"depth": s_depth, "width": s_width, "num_classes": 10},
+            teacher=WideResNet(t_depth, t_width, 10), iterations=iterations,
             batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
             channels_last=spec["channels_last"], compile=spec["compile"],
+            student_batch=spec.get("student_batch", "pre_update"),
         )
 
     def fit(module: ZeroShot, callbacks: list) -> None:
         trainer = pl.Trainer(
             accelerator="auto", devices=1, precision=spec["precision"], logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
-            **module.trainer_limits(),
+            **module.trainer_kwargs(),
         )
         trainer.fit(module)
 
     fit(build(spec["warmup"] + spec["iterations"]), [IterationTimer()])
     seconds = statistics.median(times[spec["warmup"]:])
+    cpu_seconds = statistics.median(cpu_times[spec["warmup"]:])
+    timed = phases[spec["warmup"]:]
+    phase_seconds = {key: round(statistics.median(p[key] for p in timed), 4) for key in timed[0]}
     peak = _peak_memory_mb()
     counter = FlopCounterMode(display=False)
+    module = build(1)  # outside the counter: building probes the networks on one image
     with counter:
-        fit(build(1), [])
+        fit(module, [])
     flops = counter.get_total_flops()
     return {
         "precision": spec["precision"], "channels_last": spec["channels_last"], "compile": spec["compile"],
         "batch_size": spec["batch_size"], "seconds_per_iteration": round(seconds, 4),
         "peak_memory_mb": round(peak, 1), "gflop_per_iteration": round(flops / 1e9, 2),
-        "gflops_achieved": round(flops / 1e9 / seconds, 1),
+        "gflops_achieved": round(flops / 1e9 / seconds, 1), "phase_seconds": phase_seconds,
+        "cpu_seconds_per_iteration": round(cpu_seconds, 4),
+        "gflop_per_cpu_second": round(flops / 1e9 / cpu_seconds, 1),
+    }
+
+
+def measure_plain_loop(spec: dict) -> dict:
+    """The same zero-shot iteration as a plain PyTorch loop, no Lightning: per-phase seconds and GFLOP.
+
+    `spec["variant"]`: "same_work" does exactly the module's work (the generator step's teacher
+    outputs are the pre_update targets; the module's memory format): the module's time over this
+    one is Lightning's overhead. "study" is the study's algorithm written plainly: NCHW, and the
+    teacher run again without gradients for the student phase (the work the module did before
+    it reused the generator step's teacher pass).
+    """
+    import contextlib
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zskt.losses import generator_loss, zero_shot_student_loss
+    from zskt.models import Generator, WideResNet
+
+    (t_depth, t_width), (s_depth, s_width) = spec["teacher"], spec["student"]
+    study = spec["variant"] == "study"
+    channels_last = spec["channels_last"] and not study
+    device = _device()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    teacher = WideResNet(t_depth, t_width, 10).to(device, memory_format=fmt).eval().requires_grad_(False)
+    student = WideResNet(s_depth, s_width, 10).to(device, memory_format=fmt)
+    generator = Generator(z_dim=100).to(device, memory_format=fmt)
+    opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    total = spec["warmup"] + spec["iterations"]
+    sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=total)
+    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=total)
+    noise = torch.Generator().manual_seed(0)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
+    beta, clip, bs = 250.0, 5.0, spec["batch_size"]
+
+    def iteration(phase) -> None:
+        with phase("generator_step"):
+            z = torch.randn(bs, 100, generator=noise).to(device)
+            x = generator(z).contiguous(memory_format=fmt)
+            student.requires_grad_(False)  # no student weight gradients in the generator step
+            with phase("teacher_forward"):
+                t_logits, t_features = teacher(x, return_features=True)
+            loss_g = generator_loss(student(x), t_logits)
+            opt_g.zero_grad()
+            loss_g.backward()
+            torch.nn.utils.clip_grad_norm_(generator.parameters(), clip)
+            opt_g.step()
+            student.requires_grad_(True)
+        x = x.detach()
+        if study:
+            with phase("teacher_pass"), torch.no_grad():
+                t_logits, t_features = teacher(x, return_features=True)
+        t_logits, t_features = t_logits.detach(), [f.detach() for f in t_features]
+        with phase("student_steps"):
+            for _ in range(spec["n_student_steps"]):
+                s_logits, s_features = student(x, return_features=True)
+                loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, beta)
+                opt_s.zero_grad()
+                loss_s.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+                opt_s.step()
+        sched_s.step()
+        sched_g.step()
+
+    seconds: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str):
+        _sync()
+        start = time.perf_counter()
+        yield
+        _sync()
+        seconds.setdefault(name, []).append(time.perf_counter() - start)
+
+    times, cpu_times = [], []
+    for i in range(total):
+        seconds_before = {k: len(v) for k, v in seconds.items()}
+        _sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with autocast:
+            iteration(timed)
+        _sync()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        if i < spec["warmup"]:
+            seconds = {k: v[:seconds_before.get(k, 0)] for k, v in seconds.items()}
+    per_iteration = statistics.median(times[spec["warmup"]:])
+    timed_iterations = spec["iterations"]
+    phase_seconds = {k: round(sum(v) / timed_iterations, 4) for k, v in seconds.items()}
+
+    # FLOPs of each phase, one more iteration under a counter per phase
+    flops: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def counted(name: str):
+        if name == "teacher_forward":  # nested in the generator step: counted separately below
+            yield
+            return
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        flops[name] = flops.get(name, 0) + counter.get_total_flops()
+
+    with autocast:
+        iteration(counted)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            teacher(torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt), return_features=True)
+    flops["teacher_forward"] = counter.get_total_flops()  # one pass; part of the generator step
+    total_flops = sum(flops[k] for k in ("generator_step", "teacher_pass", "student_steps") if k in flops)
+    return {
+        "variant": spec["variant"], "precision": spec["precision"], "channels_last": channels_last,
+        "batch_size": bs, "seconds_per_iteration": round(per_iteration, 4), "phase_seconds": phase_seconds,
+        "gflop_per_iteration": round(total_flops / 1e9, 2),
+        "phase_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
+        "gflops_achieved": round(total_flops / 1e9 / per_iteration, 1),
+        "cpu_seconds_per_iteration": round(statistics.median(cpu_times[spec["warmup"]:]), 4),
     }
 
 
@@ -127,8 +300,8 @@ def measure_scratch(spec: dict) -> dict:
                                               mean=[0.5] * 3, std=[0.25] * 3)
 
     def module() -> Scratch:
-        return Scratch(name="scratch", student={"depth": depth, "width": width, "num_classes": 10}, m=None,
-                       full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
+        return configured_method(["method=scratch"], student={"depth": depth, "width": width, "num_classes": 10},
+                                 m=None, full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
 
     # model only: the same forward/backward/SGD step on one resident, normalised batch
     model = module()
@@ -185,16 +358,24 @@ def measure_matmul_peak(_: dict) -> dict:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         torch.mm(a, b)
-        _sync()
-        reps, start = 5, time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b)
-        _sync()
-        result[f"{str(dtype).split('.')[-1]}_gflops"] = round(2 * size**3 * reps / (time.perf_counter() - start) / 1e9, 1)
+        best = best_cpu = 0.0
+        for _ in range(3):  # best of three: on a shared machine the slow trials measure the neighbours
+            _sync()
+            reps, start, cpu_start = 5, time.perf_counter(), time.process_time()
+            for _ in range(reps):
+                torch.mm(a, b)
+            _sync()
+            gflop = 2 * size**3 * reps / 1e9
+            best = max(best, gflop / (time.perf_counter() - start))
+            best_cpu = max(best_cpu, gflop / (time.process_time() - cpu_start))
+        name = str(dtype).split(".")[-1]
+        result[f"{name}_gflops"] = round(best, 1)
+        result[f"{name}_gflop_per_cpu_second"] = round(best_cpu, 1)
     return result
 
 
-MEASUREMENTS = {"zero_shot": measure_zero_shot, "scratch": measure_scratch, "matmul": measure_matmul_peak}
+MEASUREMENTS = {"zero_shot": measure_zero_shot, "plain_loop": measure_plain_loop, "scratch": measure_scratch,
+                "matmul": measure_matmul_peak}
 
 
 def run_isolated(kind: str, spec: dict) -> dict:
@@ -209,6 +390,32 @@ def run_isolated(kind: str, spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- main
+def where_the_time_goes(module: dict, same_work: dict, study: dict, peak: dict) -> dict:
+    """Per-phase seconds and GFLOP of one iteration, the fraction of the matmul peak, Lightning's
+    overhead over the plain loop doing the same work, and the speed-up over the study's plain loop."""
+    phases = module["phase_seconds"]
+    overhead = module["seconds_per_iteration"] - same_work["seconds_per_iteration"]
+    return {
+        "phases": {
+            "generator_step": {"seconds": phases["generator_step"], "gflop": same_work["phase_gflop"]["generator_step"]},
+            "teacher_forward (inside the generator step)": {
+                "seconds": phases["teacher_forward"], "gflop": same_work["phase_gflop"]["teacher_forward"]},
+            "student_steps": {"seconds": phases["student_steps"], "gflop": same_work["phase_gflop"]["student_steps"]},
+            "schedulers_and_logging": {"seconds": phases["schedulers_and_logging"], "gflop": 0.0},
+            "lightning_between_steps": {"seconds": phases["lightning_between_steps"], "gflop": 0.0},
+        },
+        "fraction_of_fp32_matmul_peak": round(module["gflops_achieved"] / peak["float32_gflops"], 3),
+        "fraction_of_bf16_matmul_peak": round(module["gflops_achieved"] / peak["bfloat16_gflops"], 3),
+        # the same ratio in CPU seconds: what a loaded, shared machine cannot distort as much
+        "fraction_of_fp32_matmul_peak_by_cpu_time": round(
+            module["gflop_per_cpu_second"] / peak["float32_gflop_per_cpu_second"], 3),
+        "lightning_overhead_percent": round(100 * overhead / same_work["seconds_per_iteration"], 1),
+        "speedup_over_study_plain_loop": round(study["seconds_per_iteration"] / module["seconds_per_iteration"], 3),
+        "speedup_over_study_plain_loop_by_cpu_time": round(
+            study["cpu_seconds_per_iteration"] / module["cpu_seconds_per_iteration"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="40-2", help="teacher WRN as DEPTH-WIDTH (default 40-2)")
@@ -219,9 +426,14 @@ def main() -> None:
     parser.add_argument("--n-student-steps", type=int, default=10, help="student steps per iteration (default 10)")
     parser.add_argument("--iterations", type=int, default=3, help="timed zero-shot iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "32-true", "bf16-mixed"),
+                        help="precision of the default setting and the plain loops (auto: the package's choice for this machine)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile in the default setting")
     parser.add_argument("--scratch-images", type=int, default=50000,
                         help="images in the scratch-epoch measurement (default 50000, CIFAR-10's train set; 0 skips it)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the iteration, its phases, the plain loops and the matmul peak: 2 timed iterations "
+                             "after 1 warm-up, no every-switch-off baseline, no batch sweep, no scratch epoch")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
@@ -230,29 +442,38 @@ def main() -> None:
     if args._measure:
         print(json.dumps(MEASUREMENTS[args._measure](json.loads(args._spec))))
         return
+    if args.quick:
+        args.iterations, args.warmup, args.batch_sizes, args.scratch_images = 2, 1, "", 0
 
     import torch
 
-    from zskt.hardware import best_precision
+    from zskt.hardware import best_precision, cpu_has_native_bf16
 
-    default_precision = best_precision()
+    precision = best_precision() if args.precision == "auto" else args.precision
     base = {"teacher": parse_arch(args.teacher), "student": parse_arch(args.student), "batch_size": args.batch_size,
             "n_student_steps": args.n_student_steps, "iterations": args.iterations, "warmup": args.warmup}
-    default = {**base, "precision": default_precision, "channels_last": True, "compile": args.compile}
+    default = {**base, "precision": precision, "channels_last": True, "compile": args.compile}
     baseline = {**base, "precision": "32-true", "channels_last": False, "compile": False}
 
     report = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "cpu_bf16": "native (AVX-512 BF16 or AMX)" if cpu_has_native_bf16() else "emulated",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "teacher": args.teacher, "student": args.student, "n_student_steps": args.n_student_steps,
         "command": " ".join(sys.argv),
     }
-    print(f"bench: zero-shot iteration, defaults ({default_precision}, channels_last)", file=sys.stderr)
+    print(f"bench: zero-shot iteration, defaults ({precision}, channels_last)", file=sys.stderr)
     report["default"] = run_isolated("zero_shot", default)
-    print("bench: zero-shot iteration, baseline (32-true, NCHW, no compile)", file=sys.stderr)
-    report["baseline"] = run_isolated("zero_shot", baseline)
-    report["speedup"] = round(report["baseline"]["seconds_per_iteration"] / report["default"]["seconds_per_iteration"], 3)
+    print("bench: the same iteration as a plain PyTorch loop, same work", file=sys.stderr)
+    report["plain_loop_same_work"] = run_isolated("plain_loop", {**default, "variant": "same_work"})
+    print("bench: the study's algorithm as a plain PyTorch loop (NCHW, second teacher pass)", file=sys.stderr)
+    report["plain_loop_study"] = run_isolated("plain_loop", {**default, "variant": "study"})
+    if not args.quick:
+        print("bench: zero-shot iteration, baseline (32-true, NCHW, no compile)", file=sys.stderr)
+        report["baseline"] = run_isolated("zero_shot", baseline)
+        report["speedup"] = round(report["baseline"]["seconds_per_iteration"] / report["default"]["seconds_per_iteration"], 3)
     sweep = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     report["batch_sweep"] = []
     for bs in sweep:
@@ -263,6 +484,9 @@ def main() -> None:
         print(f"bench: scratch epoch over {args.scratch_images} in-memory images", file=sys.stderr)
         report["scratch"] = run_isolated("scratch", {**default, "batch_size": 128, "scratch_images": args.scratch_images})
     report["matmul_peak"] = run_isolated("matmul", {})
+    report["where_the_time_goes"] = where_the_time_goes(report["default"], report["plain_loop_same_work"],
+                                                        report["plain_loop_study"], report["matmul_peak"])
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
 from zskt_test_helpers import KillAtEpoch
 from zskt.checkpoints import load_model
+from zskt.methods.zero_shot import ZeroShot
 from zskt.models import Generator, WideResNet
 
 
@@ -161,6 +163,8 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     demo = compose_cfg(tmp_path, ["experiment=demo"])
     assert demo.method.name == "zero_shot" and demo.dataset.name == "digits"
     assert demo.teacher.train_if_missing and (demo.teacher.depth, demo.teacher.width) == (16, 2)
+    # the README states the demo's precision: fp32 on every machine, whatever it would pick
+    assert demo.trainer.precision == "32-true"
     paper = compose_cfg(tmp_path, ["method=zero_shot", "dataset=cifar10"])
     assert paper.method.iterations == 80000 and paper.method.batch_size == 128
     assert paper.method.n_student_steps == 10 and paper.method.beta == 250.0
@@ -207,3 +211,47 @@ def test_ddp_ranks_draw_different_noise_and_agree_on_the_student(tmp_path, teach
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(rank0["z"], rank1["z"])
     assert all(torch.equal(rank0["params"][k], rank1["params"][k]) for k in rank0["params"])
+
+
+class _SecondTeacherForward(ZeroShot):
+    """The loop before the teacher's pass was reused: the student phase runs the teacher again."""
+
+    def teacher_targets(self, x, seen):
+        return super().teacher_targets(x, None)
+
+
+def _fit_tiny(module_class, student_batch: str, calls: list[int], tmp_path: Path) -> ZeroShot:
+    """A few iterations of a tiny zero-shot run from fixed weights; `calls` counts teacher forwards."""
+    cfg = compose_cfg(tmp_path, ["method=zero_shot", "method.iterations=3", "method.eval_every=3",
+                                 "method.batch_size=8", "method.n_student_steps=2", f"method.student_batch={student_batch}",
+                                 "generator.hidden=16"])
+    method = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "_target_"}
+    torch.manual_seed(0)
+    teacher = WideResNet(10, 1, 10)
+    module = module_class(**method, student={"depth": 10, "width": 1, "num_classes": 10}, teacher=teacher,
+                          channels_last=cfg.channels_last, compile=cfg.compile)
+    module.teacher.register_forward_hook(lambda *_: calls.append(1))
+    trainer = pl.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         **module.trainer_kwargs())
+    calls.clear()
+    trainer.fit(module)
+    return module
+
+
+@pytest.mark.parametrize("student_batch, teacher_passes", [("pre_update", 1), ("post_update", 2)])
+def test_the_teacher_pass_of_the_generator_step_is_reused_and_changes_nothing(student_batch, teacher_passes, tmp_path):
+    # pre_update: the student trains on the generator step's own batch, whose teacher outputs are
+    # reused; the run must equal the one that pays a second teacher forward for the same numbers
+    calls: list[int] = []
+    module = _fit_tiny(ZeroShot, student_batch, calls, tmp_path)
+    assert len(calls) == 3 * teacher_passes  # 3 iterations; post_update (and fresh) keep their own pass
+    reference = _fit_tiny(_SecondTeacherForward, student_batch, calls, tmp_path)
+    assert len(calls) == 3 * (teacher_passes + (student_batch == "pre_update"))
+    for name in ("student", "generator"):
+        ours, theirs = getattr(module, name).state_dict(), getattr(reference, name).state_dict()
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
+    # the run really trained: a fresh student differs
+    torch.manual_seed(0)
+    assert not torch.equal(module.student.fc.weight, WideResNet(10, 1, 10).fc.weight)

@@ -7,8 +7,9 @@ Per iteration (SPEC section 4):
   1. draw z ~ N(0, I); x = G(z)
   2. generator step: loss = -KL(T(x) || S(x)), student toggled off, clip, Adam step
   3. n_S student steps on the batch `student_batch` chooses; the teacher's logits and
-     attention maps are computed once per batch without gradients;
-     loss = KL + beta * sum AT, clip, Adam step
+     attention maps are computed once per batch without gradients (for `pre_update` they are
+     the generator step's own teacher outputs, detached: that step already showed the teacher
+     this very batch); loss = KL + beta * sum AT, clip, Adam step
   4. both cosine schedules step
 
 `student_batch`:
@@ -34,6 +35,7 @@ from zskt.errors import UserError
 from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
+from zskt.models.wide_resnet import set_channels_last
 from zskt.rng import PicklableGenerators
 from zskt.validation import check
 
@@ -78,7 +80,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
-        self.generator = Generator(**generator)
+        # channels_last like the networks it feeds: its convolutions run faster so (batch 128 on 2
+        # AVX-512 cores: forward + backward 1.67 -> 1.22 CPU-seconds) and its output needs no copy
+        self.generator = set_channels_last(Generator(**generator), channels_last)
         self.total_iterations = scaled(iterations, budget_scale)
         self.eval_every = min(eval_every, self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
@@ -98,7 +102,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         with self.toggled_optimizer(opt_g):
             for _ in range(hp.n_generator_steps):
                 x = self.generate(z)
-                teacher_logits = self.teacher(x)
+                teacher_logits, teacher_features = self.teacher(x, return_features=True)
                 student_logits = self.student(x)
                 loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
                 opt_g.zero_grad()
@@ -106,13 +110,13 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                 self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
                 opt_g.step()
         x_pre_update = x.detach()
+        seen = (teacher_logits, teacher_features) if hp.student_batch == "pre_update" else None
 
         # 3. student steps: match the teacher on generated batches, never back-propagating into G
         for step in range(hp.n_student_steps):
             if step == 0 or hp.student_batch == "fresh":
                 x_s = self.batch_for_student(z, x_pre_update)
-                with torch.no_grad():
-                    t_logits, t_features = self.teacher(x_s, return_features=True)
+                t_logits, t_features = self.teacher_targets(x_s, seen)
             s_logits, s_features = self.student(x_s, return_features=True)
             loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
             opt_s.zero_grad()
@@ -141,6 +145,16 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             return x_pre_update
         with torch.no_grad():
             return self.generate(z if mode == "post_update" else self.draw_noise())
+
+    def teacher_targets(self, x: Tensor, seen: tuple[Tensor, list[Tensor]] | None) -> tuple[Tensor, list[Tensor]]:
+        """The teacher's logits and group outputs on `x`, without gradients. `seen` is the generator
+        step's teacher output when `x` is that step's batch (pre_update): reused, detached, rather
+        than paying a second forward pass for the same numbers."""
+        if seen is not None:
+            logits, features = seen
+            return logits.detach(), [f.detach() for f in features]
+        with torch.no_grad():
+            return self.teacher(x, return_features=True)
 
     def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
         # tensors go to self.log as they are: Lightning reads them only at logging intervals
