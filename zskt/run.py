@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # tiny few-shot epochs
 warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec\)` is deprecated")  # Lightning's, not ours
 # with an OnExceptionCheckpoint, Lightning turns a fresh fit's ckpt_path=None into "last" and warns
-# twice when (as in a fresh run dir, which `results.check_output_dir` ensures) there is none
+# twice when (as in a fresh run dir, which `results.check_fresh` ensures) there is none
 warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
