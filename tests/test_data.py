@@ -63,6 +63,17 @@ def test_svhn_mat_files_map_label_10_to_digit_0(tmp_path, no_md5):
     assert torch.equal(train.images[1], torch.as_tensor(written[..., 1]).permute(2, 0, 1))
 
 
+def test_download_fetches_only_what_is_missing(tmp_path, monkeypatch):
+    # present files are left to setup's reader (torchvision's download path would decode the set once more)
+    fetched = []
+    monkeypatch.setattr(sources, "load_cifar10", lambda root, split, download: fetched.append((split, download)))
+    write_cifar_batches(tmp_path / "here")
+    sources.download("cifar10", str(tmp_path / "here"))
+    assert fetched == []
+    sources.download("cifar10", str(tmp_path / "empty"))
+    assert fetched == [("train", True), ("test", True)]
+
+
 def test_missing_torchvision_files_without_download(tmp_path):
     with pytest.raises(UserError, match="dataset.download=true"):
         sources.load_cifar10(str(tmp_path), "train", download=False)

@@ -61,7 +61,18 @@ def load_cifar10(root: str, split: str, download: bool) -> ImageTensors:
 
 
 def download(name: str, root: str) -> None:
-    """Fetch torchvision's files of `name` (cifar10 or svhn) into `root`, unless they are there already."""
+    """Fetch torchvision's files of `name` (cifar10 or svhn) into `root`, unless they are there already.
+
+    The presence check comes first because torchvision's download path also decodes the whole set,
+    which `setup` then does again (and Lightning calls `prepare_data` once more when it fits)."""
+    from torchvision.datasets import CIFAR10, SVHN
+
+    if name == "cifar10":
+        files = [Path(root) / CIFAR10.base_folder / file for file, _ in CIFAR10.train_list + CIFAR10.test_list]
+    else:
+        files = [Path(root) / SVHN.split_list[split][1] for split in ("train", "test")]
+    if all(path.is_file() for path in files):  # their checksums are checked when `setup` reads them
+        return
     for split in ("train", "test"):
         (load_cifar10 if name == "cifar10" else load_svhn)(root, split, download=True)
 
