@@ -27,6 +27,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RUN_CONFIG = "run_config.yaml"
 RESULTS = "results.json"
 MODEL_FILE = "model.pt"
+FEW_SHOT_INDICES = "few_shot_indices.json"  # the chosen subset of a few-shot run
 TEACHER_SUBDIR = "teacher"  # where a run trains its missing teacher (teacher.train_if_missing=true)
 
 

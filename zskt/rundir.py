@@ -140,7 +140,9 @@ def check_last_checkpoint(path: Path, allow_unsafe: bool) -> None:
 
 def check_resume(output_dir: Path, indices: torch.Tensor | None, trains: bool, allow_unsafe: bool) -> None:
     """Everything a resumed run reads back from its dir, checked before it writes anything."""
-    check_saved_subset(output_dir / "few_shot_indices.json", indices)
+    from zskt.config import FEW_SHOT_INDICES  # config reads run_config.yaml through this module
+
+    check_saved_subset(output_dir / FEW_SHOT_INDICES, indices)
     last = output_dir / "checkpoints" / "last.ckpt"
     if trains and (last.exists() or last.is_symlink()):
         check_last_checkpoint(last, allow_unsafe)

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+from zskt.config import FEW_SHOT_INDICES
 from zskt.io import atomic_write_json
 from zskt.data import sources
 from zskt.data.augment import normalize, random_crop_flip
@@ -105,7 +106,7 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
         if self.indices is None or self.hparams.output_dir is None:
             return
         record = {"dataset": self.name, "m": self.m, "seed": self.hparams.subset_seed, "indices": self.indices.tolist()}
-        path = Path(self.hparams.output_dir) / "few_shot_indices.json"
+        path = Path(self.hparams.output_dir) / FEW_SHOT_INDICES
         try:
             if json.loads(path.read_text()) == record:  # a resumed run: leave the file as it is
                 return
