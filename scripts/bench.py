@@ -57,14 +57,20 @@ def _sync() -> None:
 def configured_method(overrides: list[str], **parts):
     """The method module `python -m zskt.run <overrides>` would build, its values from conf/ (the one
     place they live), `parts` (student, teacher, ...) and any override given as a keyword on top."""
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from omegaconf import OmegaConf
 
     from zskt.config import compose_config
+    from zskt.models.families import default_attention_layers
 
     cfg = compose_config(overrides)
     method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))
-    parts = {"channels_last": cfg.channels_last, "compile": cfg.compile, **parts}
+    if get_class(method._target_).uses_attention and "attention_layers" not in parts:
+        # the families' default points (a network with none needs them given)
+        parts["attention_layers"] = {"student": default_attention_layers(parts["student"]),
+                                     "teacher": default_attention_layers(parts["teacher_arch"])}
+    parts = {"channels_last": cfg.channels_last, "compile": cfg.compile,
+             **{k: v for k, v in parts.items() if k != "teacher_arch"}}
     return instantiate(method, _convert_="all", **parts)
 
 
@@ -125,7 +131,8 @@ def measure_zero_shot(spec: dict) -> dict:
     def build(iterations: int) -> ZeroShot:
         return configured_method(
             ["method=zero_shot"], student={"depth": s_depth, "width": s_width, "num_classes": 10},
-            teacher=WideResNet(t_depth, t_width, 10), iterations=iterations,
+            teacher=WideResNet(t_depth, t_width, 10), teacher_arch={"family": "wrn", "depth": t_depth, "width": t_width},
+            iterations=iterations,
             batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
             channels_last=spec["channels_last"], compile=spec["compile"],
             student_batch=spec.get("student_batch", "pre_update"),

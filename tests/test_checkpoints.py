@@ -52,7 +52,7 @@ def test_original_repositories_state_dicts_load(tmp_path, rules, wrap):
         state = {f"module.{k}": v for k, v in state.items()}
     torch.save(state, tmp_path / "wrn-16-2-dict.pth")
     loaded, meta = load_model(tmp_path / "wrn-16-2-dict.pth")
-    assert meta["arch"] == {"depth": 16, "width": 2, "num_classes": 10}
+    assert meta["arch"] == {"family": "wrn", "depth": 16, "width": 2, "num_classes": 10}
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(loaded.eval()(x), net(x))
 
@@ -62,7 +62,7 @@ def test_model_pt_round_trip_is_weights_only_loadable(tmp_path):
     save_model(net, tmp_path / "model.pt", dataset="digits", mean=[0.1] * 3, std=[0.2] * 3, method="scratch",
                teacher={"checkpoint": "t.pt", "depth": 16, "width": 2})
     raw = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert raw["arch"] == {"depth": 10, "width": 1, "num_classes": 10} and raw["dataset"] == "digits"
+    assert raw["arch"] == {"family": "wrn", "depth": 10, "width": 1, "num_classes": 10} and raw["dataset"] == "digits"
     loaded, meta = load_model(tmp_path / "model.pt")
     assert meta["teacher"]["checkpoint"] == "t.pt"
     x = torch.randn(3, 3, 32, 32)
@@ -81,7 +81,7 @@ def test_bad_checkpoints_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="num_classes=100"):
         load_model(tmp_path / "model.pt", expect={"num_classes": 100})
     torch.save({"weights": [1, 2, 3]}, tmp_path / "not_a_wrn.pt")
-    with pytest.raises(UserError, match="not a WRN state dict"):
+    with pytest.raises(UserError, match="not a network's state dict"):
         load_model(tmp_path / "not_a_wrn.pt")
 
 

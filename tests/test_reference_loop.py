@@ -36,11 +36,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zskt_test_helpers import compose_run_config
+from zskt_test_helpers import WRN_GROUPS, compose_run_config
 from zskt.models import Generator, WideResNet
 
 C = 10
@@ -93,6 +93,8 @@ def build_method(tmp_path, method: str, teacher: nn.Module, **sizes) -> pl.Light
     """The module `python -m zskt.run method=<method> channels_last=false` builds, with its
     config's values as they are and only the sizes in `sizes` changed."""
     cfg = compose_run_config(tmp_path, [f"method={method}", "dataset=cifar10"])
+    if get_class(cfg.method._target_).uses_attention:  # both WRNs: their three groups
+        sizes = {"attention_layers": {"student": WRN_GROUPS, "teacher": WRN_GROUPS}, **sizes}
     return instantiate(cfg.method, student=dict(STUDENT), teacher=copy.deepcopy(teacher),
                        channels_last=CHANNELS_LAST, compile=False, _convert_="all", **sizes)
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
-from zskt_test_helpers import KillAtEpoch
+from zskt_test_helpers import WRN_GROUPS, KillAtEpoch
 from zskt.checkpoints import load_model
 from zskt.methods.zero_shot import ZeroShot
 from zskt.models import Generator, WideResNet
@@ -229,6 +229,7 @@ def _fit_tiny(module_class, student_batch: str, calls: list[int], tmp_path: Path
     torch.manual_seed(0)
     teacher = WideResNet(10, 1, 10)
     module = module_class(**method, student={"depth": 10, "width": 1, "num_classes": 10}, teacher=teacher,
+                          attention_layers={"student": WRN_GROUPS, "teacher": WRN_GROUPS},
                           channels_last=cfg.channels_last, compile=cfg.compile)
     module.teacher.register_forward_hook(lambda *_: calls.append(1))
     trainer = pl.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False,

@@ -20,6 +20,8 @@ CONF = str(REPO / "conf")
 FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.precision=32-true", "dataset=digits"]
 # the teacher the session-wide teacher_zoo fixture (conftest.py) trains: WRN-10-2, seed 0
 TEACHER = ["teacher.depth=10", "teacher.width=2", "teacher.seed=0"]
+# a WRN's attention points (conf/network/wrn.yaml's default)
+WRN_GROUPS = ["block1", "block2", "block3"]
 
 
 def compose_run_config(tmp: Path, overrides: list[str], run_dir: Path | None = None):

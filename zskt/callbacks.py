@@ -42,7 +42,7 @@ class GeneratorSamples(pl.Callback):
         grid = make_grid(images.cpu(), nrow=self.nrow, normalize=True, scale_each=True)
         logger.experiment.add_image("generator/samples", grid, step)
         logger.experiment.add_histogram("generator/teacher_classes", classes.cpu(), step,
-                                        bins=np.arange(pl_module.teacher.num_classes + 1) - 0.5)
+                                        bins=np.arange(pl_module.num_classes + 1) - 0.5)
 
 
 class IterationProgressBar(TQDMProgressBar):

@@ -1,15 +1,18 @@
 """The portable `model.pt` format, safe loading of any checkpoint, and the Lightning checkpoint IO.
 
 `model.pt` is a plain dict (loadable with `torch.load(..., weights_only=True)`):
-`{"format": "zskt-wrn-1", "arch": {"depth", "width", "num_classes"}, "dataset", "mean",
-"std", "method", "teacher": {...} or None, "state_dict"}`. Raw WRN state dicts of the
-original repositories load too (`zskt.models.original_keys`).
+`{"format": "zskt-model-2", "arch": {"family", <the family's arguments>, "num_classes"}, "dataset",
+"mean", "std", "method", "teacher": {...} or None, "state_dict"}` (`zskt.models.families`: any
+network rebuilds from its arch). Files of the first format, "zskt-wrn-1" (an arch without `family`:
+a WRN), still load. Raw WRN state dicts of the original repositories load too
+(`zskt.models.original_keys`), and raw state dicts of any family given the arch to build.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,19 +24,23 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from zskt.errors import UserError
 from zskt.io import atomic_torch_save
 from zskt.models.original_keys import infer_arch, to_zskt_state_dict
-from zskt.models.wide_resnet import WideResNet
+from zskt.models.families import FAMILIES, build_network, name_of
 
-MODEL_FORMAT = "zskt-wrn-1"
+MODEL_FORMAT = "zskt-model-2"
+MODEL_FORMATS = ("zskt-wrn-1", MODEL_FORMAT)  # the first held WRNs only (an arch without family)
 
 
-def save_model(model: WideResNet, path: str | os.PathLike, *, dataset: str, mean, std, method: str,
-               teacher: dict | None = None) -> None:
-    """Save a trained WRN with everything needed to use it elsewhere without extra flags."""
+def save_model(model: torch.nn.Module, path: str | os.PathLike, *, dataset: str, mean, std, method: str,
+               teacher: dict | None = None, arch: dict | None = None) -> None:
+    """Save a trained network with everything needed to use it elsewhere without extra flags.
+    `arch`: its description (zskt.models.families); a WideResNet knows its own."""
+    if arch is None:
+        arch = {"family": "wrn", **model.arch}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save(
         {
             "format": MODEL_FORMAT,
-            "arch": model.arch,
+            "arch": dict(arch),
             "dataset": dataset,
             "mean": [float(x) for x in mean],
             "std": [float(x) for x in std],
@@ -143,27 +150,54 @@ def _describe(raw: Any) -> str:
     return f"a {type(raw).__name__}"
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _arch_of(meta: Any) -> dict | None:
-    """A model.pt's `arch` entry if it is well formed, else None."""
-    if not isinstance(meta, dict):
+    """A model.pt's `arch` entry (with its family) if it is well formed, else None."""
+    if not isinstance(meta, dict) or meta.get("family", "wrn") not in FAMILIES or not _is_int(meta.get("num_classes")):
         return None
-    arch = {key: meta.get(key) for key in ("depth", "width", "num_classes")}
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in arch.values()):
-        return arch
-    return None
+    arch = {"family": meta.get("family", "wrn"), **{k: v for k, v in meta.items() if k != "family"}}
+    family = arch["family"]
+    needs = {"wrn": ("depth", "width"), "resnet": ("depth",), "vgg": ("depth",)}.get(family, ())
+    if not all(_is_int(arch.get(key)) for key in needs):
+        return None
+    if family in ("torchvision", "custom") and not (isinstance(arch.get("name" if family == "torchvision" else "target"), str)
+                                                  and isinstance(arch.get("kwargs", {}), dict)):
+        return None
+    return arch
 
 
-def load_model(path: str | os.PathLike, expect: dict | None = None,
-               allow_unsafe: bool = False) -> tuple[WideResNet, dict]:
-    """Load a WRN from our `model.pt` or an original repository's raw state dict.
+def _raw_state_dict(path: Path, raw: Any) -> dict:
+    """The tensors of a raw state dict (unwrapped from the usual training-script containers)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"checkpoint {path} holds {_describe(raw)}, not a state dict: pass a model.pt or a *-dict.pth file")
+    for wrapper in ("state_dict", "model_state_dict", "model", "student_state_dict"):
+        if isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+            break
+    if not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
+        raise UserError(f"checkpoint {path} holds {_describe(raw)}, not a network's state dict: "
+                        "pass a model.pt or a *-dict.pth file")
+    return raw
 
-    Returns the model and its metadata (`arch`, and for our files `dataset`, `mean`,
-    `std`, `method`, `teacher`). `expect` (any of depth/width/num_classes) is checked
-    against the file; a mismatch is a one-line `UserError`, and so is any file that is not
-    a WRN (whatever it holds). `allow_unsafe`: see `read_checkpoint`.
+
+def load_model(path: str | os.PathLike, expect: dict | None = None, allow_unsafe: bool = False,
+               family_arch: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Load a network from our `model.pt` (any family: its arch is in the file) or a raw state dict.
+
+    Returns the model and its metadata (`arch`, and for our files `dataset`, `mean`, `std`,
+    `method`, `teacher`). A raw state dict is a WRN (its size read from the keys, the original
+    repositories' names mapped) unless `family_arch`, the arch the command line configures, names
+    another family: then that network is built and must take the tensors exactly. `expect` (any of
+    family/depth/width/num_classes) is checked against the file; a mismatch is a one-line
+    `UserError`, and so is any file that is not such a network (whatever it holds).
+    `allow_unsafe`: see `read_checkpoint`.
     """
+    path = Path(path)
     raw = read_checkpoint(path, allow_unsafe)
-    if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT:
+    if isinstance(raw, dict) and raw.get("format") in MODEL_FORMATS:
         meta = {k: v for k, v in raw.items() if k != "state_dict"}
         state, arch = raw.get("state_dict"), _arch_of(raw.get("arch"))
         if arch is None or not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -172,34 +206,33 @@ def load_model(path: str | os.PathLike, expect: dict | None = None,
         meta["arch"] = arch
         if not isinstance(meta.get("teacher"), (dict, type(None))):
             meta["teacher"] = None
-    elif isinstance(raw, dict):
-        for wrapper in ("state_dict", "model_state_dict", "model", "student_state_dict"):
-            if isinstance(raw.get(wrapper), dict):
-                raw = raw[wrapper]
-                break
-        if not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
-            raise UserError(f"checkpoint {path} holds {_describe(raw)}, not a WRN state dict: "
-                            "pass a model.pt or a *-dict.pth file")
-        state = to_zskt_state_dict(raw)
-        try:
-            arch = infer_arch(state)
-        except UserError:
-            raise UserError(f"checkpoint {path} holds {_describe(raw)}: not a Wide ResNet state dict (no "
-                            "block1.layer.*, block3.*, fc.* keys): pass a WRN's model.pt or state dict") from None
-        meta = {"arch": arch, "dataset": None, "mean": None, "std": None, "method": None, "teacher": None}
     else:
-        raise UserError(f"checkpoint {path} holds {_describe(raw)}, not a state dict: pass a model.pt or a *-dict.pth file")
+        raw = _raw_state_dict(path, raw)
+        meta = {"dataset": None, "mean": None, "std": None, "method": None, "teacher": None}
+        if family_arch is not None and family_arch.get("family", "wrn") != "wrn":
+            state, arch = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in raw.items()}, dict(family_arch)
+            if isinstance(state.get("fc.weight"), torch.Tensor) and state["fc.weight"].dim() == 2:
+                arch["num_classes"] = int(state["fc.weight"].shape[0])  # checked against `expect` below
+        else:
+            state = to_zskt_state_dict(raw)
+            try:
+                arch = {"family": "wrn", **infer_arch(state)}
+            except UserError:
+                raise UserError(f"checkpoint {path} holds {_describe(raw)}: not a Wide ResNet state dict (no "
+                                "block1.layer.*, block3.*, fc.* keys): pass a WRN's model.pt or state dict, or name "
+                                "the network's family (student=resnet / teacher=vgg / ...)") from None
+        meta["arch"] = arch
 
-    held = f"a WRN-{arch['depth']}-{arch['width']} with {arch['num_classes']} classes"
+    held = f"a {name_of(arch)} with {arch['num_classes']} classes"
     for key, value in (expect or {}).items():
-        if value is not None and arch.get(key) != value:
+        if value is not None and arch.get(key, "wrn" if key == "family" else None) != value:
             wanted = f"{value} classes" if key == "num_classes" else f"{key} {value}"
             raise UserError(f"checkpoint {path} holds {held}, expected {wanted} ({key}={value}): "
                             "fix the config or pass the matching checkpoint")
     try:
-        model = WideResNet(arch["depth"], arch["width"], arch["num_classes"])
+        model = build_network(arch)
     except UserError as err:
-        raise UserError(f"checkpoint {path} does not describe a valid WRN ({err}): pass a model.pt or a *-dict.pth file") from None
+        raise UserError(f"checkpoint {path} does not describe a network zskt can build ({err})") from None
     try:
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, ValueError, TypeError) as err:
@@ -209,7 +242,8 @@ def load_model(path: str | os.PathLike, expect: dict | None = None,
         raise UserError(
             f"checkpoint {path} does not fit {held}: "
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
-            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]}): "
+            "pass a checkpoint of this network (or name its family: student=resnet / teacher=vgg / ...)"
         )
     return model, meta
 

@@ -31,13 +31,14 @@ FEW_SHOT_INDICES = "few_shot_indices.json"  # the chosen subset of a few-shot ru
 TEACHER_SUBDIR = "teacher"  # where a run trains its missing teacher (teacher.train_if_missing=true)
 
 
-def zoo_path(models: str, dataset: str, depth: int, width: int, seed: int) -> str:
-    """Where the model zoo keeps a full-data scratch model (conf/teacher/wrn.yaml's default checkpoint)."""
-    return str(Path(str(models)) / str(dataset) / f"wrn-{depth}-{width}-seed{seed}.pt")
+def zoo_path(models: str, dataset: str, network: str, seed: int) -> str:
+    """Where the model zoo keeps a full-data scratch model (the conf/teacher files' default checkpoint);
+    `network` is its family's part of the name (`zskt.models.families.slug_of`: wrn-40-2, resnet-34)."""
+    return str(Path(str(models)) / str(dataset) / f"{network}-seed{seed}.pt")
 
 
 def register_resolvers() -> None:
-    """Make `${zskt_precision:<accelerator>}` and `${zskt_zoo:<models>,<dataset>,<depth>,<width>,<seed>}`
+    """Make `${zskt_precision:<accelerator>}` and `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
     available to the configs."""
     if not OmegaConf.has_resolver("zskt_precision"):
         OmegaConf.register_new_resolver("zskt_precision", best_precision)

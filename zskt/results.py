@@ -2,8 +2,9 @@
 the student's model.pt and (full-data scratch runs) the model zoo's copy. Written on global rank
 zero only, each file atomically.
 
-results.json schema (a completed run): status, method, dataset, m, seed, student {depth, width,
-params}, teacher {depth, width, num_classes, checkpoint, params, test_acc} or null, test_acc (the
+results.json schema (a completed run): status, method, dataset, m, seed, student {family, the
+family's arguments (WRN: depth, width), name, params}, teacher {the same, num_classes, checkpoint,
+test_acc} or null, test_acc (the
 final accuracy), best_test_acc (best of the periodic evaluations) and its note, budget, wall_time_s,
 model, precision, plus the method's own entries (`extra_results`). A diverged run: status,
 method, dataset, seed, message, last_good_checkpoint, wall_time_s.
@@ -23,6 +24,7 @@ from zskt.checkpoints import save_model
 from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
 from zskt.errors import UserError
 from zskt.io import atomic_write_json, atomic_write_text
+from zskt.models.families import name_of, slug_of
 from zskt.rundir import read_results
 
 log = logging.getLogger("zskt")
@@ -60,6 +62,11 @@ def completed_run(output_dir: Path) -> dict | None:
     return done if done.get("status") == "completed" else None
 
 
+def network_info(arch: dict, params: int) -> dict:
+    """A network in results.json: its arch (without the class count), its name and its size."""
+    return {**{k: v for k, v in arch.items() if k != "num_classes"}, "name": name_of(arch), "params": params}
+
+
 def write_start(cfg: DictConfig, output_dir: Path, datamodule) -> None:
     """The files a run writes once every input is checked: its resolved config (kept on resume)
     and its few-shot subset."""
@@ -72,11 +79,11 @@ def save_student(cfg: DictConfig, output_dir: Path, module: pl.LightningModule, 
                  teacher_info: dict | None) -> None:
     """The trained student as model.pt; a full-data scratch model is also published to the model zoo."""
     describe = {"dataset": datamodule.name, "mean": datamodule.mean, "std": datamodule.std, "method": cfg.method.name}
-    save_model(module.student, output_dir / MODEL_FILE, teacher=teacher_info, **describe)
+    arch = module.student_arch
+    save_model(module.student, output_dir / MODEL_FILE, teacher=teacher_info, arch=arch, **describe)
     if cfg.method.name == "scratch" and datamodule.m is None:
-        arch = module.student.arch
-        save_model(module.student, zoo_path(cfg.paths.models, datamodule.name, arch["depth"], arch["width"], cfg.seed),
-                   **describe)
+        save_model(module.student, zoo_path(cfg.paths.models, datamodule.name, slug_of(arch), cfg.seed),
+                   arch=arch, **describe)
 
 
 def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, datamodule, tested: dict,
@@ -86,14 +93,14 @@ def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, da
     best = float(module.best_accuracy.compute()) if trains else None
     if teacher_info is not None:
         teacher_info = {**teacher_info, "test_acc": round(float(tested["teacher/test_acc"]), 4)}
-    arch = module.student.arch
+    arch = module.student_arch
     return {
         "status": "completed",
         "method": cfg.method.name,
         "dataset": datamodule.name,
         "m": datamodule.m,
         "seed": cfg.seed,
-        "student": {"depth": arch["depth"], "width": arch["width"], "params": module.student_params},
+        "student": network_info(arch, module.student_params),
         "teacher": teacher_info,
         "test_acc": round(float(tested["test/acc"]), 4),
         "best_test_acc": None if best is None else round(best, 4),

@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from zskt import results, teachers
+from zskt.models import families
 from zskt.callbacks import Diverged
 from zskt.checkpoints import load_model
 from zskt.config import check_overrides, instantiate_node, is_multirun, resolve_config
@@ -95,11 +96,11 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
         check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
     num_classes = datamodule.num_classes
     initial, initial_meta = None, None
+    arch = families.arch_from_config(cfg.student, num_classes)
     if cfg.student.get("checkpoint"):
-        initial, initial_meta = load_model(cfg.student.checkpoint, expect={"num_classes": num_classes},
-                                           allow_unsafe=cfg.checkpoint.allow_unsafe)
-    arch = initial.arch if initial is not None else {"depth": cfg.student.depth, "width": cfg.student.width,
-                                                      "num_classes": num_classes}
+        initial, initial_meta = load_model(cfg.student.checkpoint, expect=teachers.expected_network(arch),
+                                           allow_unsafe=cfg.checkpoint.allow_unsafe, family_arch=arch)
+        arch = initial_meta["arch"]
     parts, teacher_info = {}, None
     if method_cls.trains and method_cls.uses_train_data:
         parts["m"] = datamodule.m
@@ -111,6 +112,9 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
         parts["teacher"], teacher_info = teachers.load_teacher(cfg, num_classes)
         check_teacher(parts["teacher"], datamodule.test_inputs, cfg.teacher.checkpoint)
+    if method_cls.uses_attention:
+        parts["attention_layers"] = {"student": families.attention_layers(cfg.student, arch),
+                                     "teacher": families.attention_layers(cfg.teacher, teacher_info)}
     module = instantiate_node(cfg.method, "method", student=arch, channels_last=cfg.channels_last,
                               compile=cfg.compile, **parts)
     if initial is not None:

@@ -1,6 +1,6 @@
 """The teacher of a run: which checkpoint it is, how to train it when it is missing, and loading it.
 
-By default `teacher.checkpoint` is the model zoo's file for the configured WRN (`zskt.config.zoo_path`,
+By default `teacher.checkpoint` is the model zoo's file for the configured network (`zskt.config.zoo_path`,
 which `method=scratch` on full data publishes to). A student that starts from a checkpoint
 (fine-tune, belief matching) brings the teacher its model.pt recorded, unless the user chose one.
 """
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from zskt.checkpoints import load_model
 from zskt.config import TEACHER_SUBDIR, compose_config, zoo_path
 from zskt.errors import UserError
+from zskt.models.families import ARCH_KEYS, arch_from_config, family_of, name_of, slug_of
 from zskt.models.wide_resnet import count_parameters
 
 # the user's overrides a teacher-training command repeats: where the data and the zoo are
@@ -25,12 +26,26 @@ _REPEATED_OVERRIDES = ("dataset.root=", "dataset.download=", "paths.")
 
 def training_command(cfg: DictConfig) -> str:
     """The exact command that trains the configured teacher into the model zoo."""
-    parts = ["python -m zskt.run method=scratch", f"dataset={cfg.dataset.name}",
-             f"student.depth={cfg.teacher.depth}", f"student.width={cfg.teacher.width}", f"seed={cfg.teacher.seed}"]
+    parts = ["python -m zskt.run method=scratch", f"dataset={cfg.dataset.name}", *network_overrides(cfg.teacher),
+             f"seed={cfg.teacher.seed}"]
     if HydraConfig.initialized():
         parts += [o for o in HydraConfig.get().overrides.task if o.startswith(_REPEATED_OVERRIDES)
                   and not o.startswith("paths.output_dir=")]
     return " ".join(parts)
+
+
+def network_overrides(teacher: DictConfig) -> list[str]:
+    """The command-line overrides that make the student the teacher's network: student=resnet student.depth=34."""
+    family = family_of(teacher)
+    parts = [f"student={family}"]
+    for key in ARCH_KEYS[family]:
+        if key == "target":
+            parts.append(f"student._target_={teacher._target_}")
+        elif key == "kwargs":
+            parts += [f"+student.kwargs.{k}={v}" for k, v in (teacher.get("kwargs") or {}).items()]
+        else:
+            parts.append(f"student.{key}={teacher[key]}")
+    return parts
 
 
 def choose_checkpoint(raw: DictConfig, cfg: DictConfig, student_meta: dict | None) -> str:
@@ -48,8 +63,7 @@ def choose_checkpoint(raw: DictConfig, cfg: DictConfig, student_meta: dict | Non
 
 def zoo_checkpoint(cfg: DictConfig) -> str:
     """The model zoo's file for the configured teacher."""
-    t = cfg.teacher
-    return zoo_path(cfg.paths.models, cfg.dataset.name, t.depth, t.width, t.seed)
+    return zoo_path(cfg.paths.models, cfg.dataset.name, slug_of(arch_from_config(cfg.teacher, 0)), cfg.teacher.seed)
 
 
 def needs_training(cfg: DictConfig) -> bool:
@@ -65,7 +79,8 @@ def training_config(raw: DictConfig) -> DictConfig:
     method.budget_scale = raw.method.get("budget_scale", method.budget_scale)
     method.epochs = raw.teacher.get("epochs")
     cfg.method = method
-    cfg.student = {"depth": raw.teacher.depth, "width": raw.teacher.width, "checkpoint": None}
+    teacher_only = ("seed", "checkpoint", "train_if_missing", "epochs")
+    cfg.student = {**{k: v for k, v in raw.teacher.items() if k not in teacher_only}, "checkpoint": None}
     cfg.dataset.m = None
     cfg.seed = raw.teacher.seed
     cfg.resume = False
@@ -87,7 +102,20 @@ def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, di
         hint = f"train it with `{training_command(cfg)}`, " if str(path) == zoo_checkpoint(cfg) else ""
         raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
                         "or set teacher.train_if_missing=true")
-    model, _ = load_model(path, expect={"num_classes": num_classes}, allow_unsafe=cfg.checkpoint.allow_unsafe)
+    configured = arch_from_config(cfg.teacher, num_classes)
+    model, meta = load_model(path, expect=expected_network(configured), allow_unsafe=cfg.checkpoint.allow_unsafe,
+                             family_arch=configured)
     # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
-    info = {**model.arch, "checkpoint": str(path.resolve()), "params": count_parameters(model)}
+    info = {**meta["arch"], "name": name_of(meta["arch"]), "checkpoint": str(path.resolve()),
+            "params": count_parameters(model)}
     return model, info
+
+
+def expected_network(configured: dict) -> dict:
+    """What a checkpoint must hold for a network config: its class count, and its family when the
+    config names one other than the default WRN (a model.pt records its own network, so a file of
+    any family loads under the default config without flags)."""
+    expect = {"num_classes": configured["num_classes"]}
+    if configured["family"] != "wrn":
+        expect["family"] = configured["family"]
+    return expect

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from zskt.errors import UserError
+from zskt.models import families
 
 SEED_MAX = 2**32 - 1  # what seed_everything accepts (outside it, Lightning picks a random seed)
 PROBE_IMAGES = 64  # test images a teacher must classify with finite outputs before it may teach
@@ -232,6 +233,9 @@ def validate_config(cfg: DictConfig) -> None:
             _check_node("", rules, cfg)
         elif section in cfg:
             _check_node(f"{section}.", rules, cfg[section])
+    for role in ("student", "teacher"):
+        if isinstance(cfg.get(role), (Mapping, DictConfig)):
+            families.check_config(cfg[role], role)
     method = cfg.get("method") or {}
     iterations, eval_every = method.get("iterations"), method.get("eval_every")
     if isinstance(iterations, int) and isinstance(eval_every, int) and eval_every > iterations:

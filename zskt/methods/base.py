@@ -8,7 +8,10 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zskt.models.wide_resnet import WideResNet, count_parameters, set_channels_last
+from zskt.models.attention_points import AttentionPoints, pair_points
+from zskt.models.families import build_network
+from zskt.models.wide_resnet import count_parameters, set_channels_last
+from zskt.errors import UserError
 from zskt.validation import check
 
 
@@ -35,7 +38,7 @@ def evaluation_period(total: int, evaluations: int) -> int:
 
 
 class StudentModule(pl.LightningModule):
-    """A student WRN evaluated on the test set. On its own it is the `evaluate` method.
+    """A student network (any family, `student` is its arch) evaluated on the test set. On its own it is the `evaluate` method.
 
     Periodic evaluations (validation loop, run on the test split as the originals do) log
     `eval/acc` and the originals' best-of-evaluations `eval/best_acc`; `trainer.test` gives
@@ -45,14 +48,16 @@ class StudentModule(pl.LightningModule):
     trains = False
     needs_teacher = False
     uses_train_data = True
+    uses_attention = False  # True: the method takes `attention_layers` (zskt.models.families.attention_layers)
     measures_start = False  # True: zskt.run measures the starting accuracy (trainer.validate) before fit
 
     def __init__(self, name: str, student: dict, channels_last: bool, compile: bool) -> None:
         super().__init__()
         self.method_name = name
-        self.student = set_channels_last(WideResNet(**student), channels_last)
+        self.student = set_channels_last(build_network(student), channels_last)
+        self.student_arch = dict(student)
         self.channels_last = channels_last
-        num_classes = student["num_classes"]
+        self.num_classes = num_classes = student["num_classes"]
         self.eval_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.final_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.best_accuracy = MaxMetric()
@@ -126,6 +131,34 @@ class DistillationModule(StudentModule):
         self.teacher_accuracy = MulticlassAccuracy(num_classes=student["num_classes"], average="micro")
         if compile:
             self.teacher.compile()
+        self.student_points: AttentionPoints | None = None
+        self.teacher_points: AttentionPoints | None = None
+
+    def use_attention(self, attention_layers: dict, beta: float, image_size: int) -> None:
+        """Capture the attention points attention transfer compares (`attention_layers`: the module
+        names for "student" and "teacher", from `zskt.models.families.attention_layers`) and check
+        that they pair. With `beta` 0 there is no attention term and nothing is captured: any pair
+        of networks works."""
+        if beta == 0:
+            return
+        points = {}
+        for role, net in (("student", self.student), ("teacher", self.teacher)):
+            layers = attention_layers.get(role)
+            if not layers:
+                raise UserError(f"the {role} network has no default attention points (a torchvision or custom "
+                                f"network): set {role}.attention_layers=[...] (module names from its named_modules()), "
+                                "or run without attention transfer (method.beta=0)")
+            points[role] = AttentionPoints(net, layers, role)
+        pair_points(points["student"], points["teacher"], image_size)
+        self.student_points, self.teacher_points = points["student"], points["teacher"]
+
+    def student_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The student's logits and attention points (none when the method runs without AT)."""
+        return self.student_points(x) if self.student_points is not None else (self.student(x), [])
+
+    def teacher_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The teacher's logits and attention points (none when the method runs without AT)."""
+        return self.teacher_points(x) if self.teacher_points is not None else (self.teacher(x), [])
 
     def train(self, mode: bool = True):
         # Lightning flips every submodule back to train mode after each evaluation;

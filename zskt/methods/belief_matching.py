@@ -15,6 +15,7 @@ from tqdm import tqdm
 from zskt.errors import UserError
 from zskt.evaluation.belief_matching import STEP_ON, agreeing_images, mean_transition_error, transition_curves
 from zskt.evaluation.transition_files import curves_csv, plot_curves
+from zskt.models.families import name_of
 from zskt.io import atomic_write_text
 from zskt.methods.base import DistillationModule, scaled
 from zskt.validation import check
@@ -69,7 +70,7 @@ class BeliefMatching(DistillationModule):
         super().on_test_epoch_end()
         images = self.to_input(torch.cat(self._test_images))
         self._test_images = []
-        num_classes = self.student.num_classes
+        num_classes = self.num_classes
         with torch.autocast(self.device.type, enabled=False):
             chosen, classes = agreeing_images(self.student, self.teacher, images, self.n_images, self.seed,
                                               self.batch_images * (num_classes - 1))
@@ -91,8 +92,8 @@ class BeliefMatching(DistillationModule):
 
     def _write_outputs(self, p_student: Tensor, p_teacher: Tensor, mte: float, stderr: float) -> None:
         atomic_write_text(curves_csv(p_student, p_teacher), self.output_dir / "transition_curves.csv")
-        labels = (f"student WRN-{self.student.depth}-{self.student.width}",
-                  f"teacher WRN-{self.teacher.depth}-{self.teacher.width}")
+        teacher = name_of(self.teacher.arch) if hasattr(self.teacher, "arch") else type(self.teacher).__name__
+        labels = (f"student {name_of(self.student_arch)}", f"teacher {teacher}")
         title = f"steps on the {self.step_on}: MTE {mte:.3f} $\\pm$ {stderr:.3f}"
         fig = plot_curves(p_student, p_teacher, self.plot_k, labels, title)
         self.output_dir.mkdir(parents=True, exist_ok=True)

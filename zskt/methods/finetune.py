@@ -14,7 +14,7 @@ import torch
 from zskt.errors import UserError
 from zskt.losses import anchor_loss, distillation_loss
 from zskt.methods.base import DistillationModule, epoch_budget, evaluation_period
-from zskt.models.wide_resnet import WideResNet
+from zskt.models.families import build_network
 
 
 class Finetune(DistillationModule):
@@ -57,7 +57,7 @@ class Finetune(DistillationModule):
         # no few-shot stretching: the recipe's epochs run over the 10*M images whatever M is
         self.max_epochs = epoch_budget(epochs, full_epochs, None, m, budget_scale)
         self.eval_every = evaluation_period(self.max_epochs, evaluations)
-        self.theta_0 = WideResNet(**student).requires_grad_(False)
+        self.theta_0 = build_network(student).requires_grad_(False)
         self.register_buffer("anchored", torch.tensor(False))
         self.register_buffer("start_accuracy", torch.tensor(float("nan")))
 

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
-from zskt.losses import check_attention_compatible, generator_loss, zero_shot_student_loss
+from zskt.losses import generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 from zskt.models.wide_resnet import set_channels_last
@@ -46,6 +47,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
     """Adversarial belief matching between a generator, a student and a frozen teacher."""
 
     trains = True
+    uses_attention = True  # zskt.run passes `attention_layers`
     uses_train_data = False
 
     def __init__(
@@ -53,6 +55,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         name: str,
         student: dict,
         teacher: torch.nn.Module,
+        attention_layers: dict,
         generator: dict,
         iterations: int,
         batch_size: int,
@@ -87,7 +90,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.eval_every = min(eval_every, self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
         self.noise = torch.Generator()
-        check_attention_compatible(self.student, self.teacher)
+        self.use_attention(attention_layers, beta, IMAGE_SIZE)
 
     # ------------------------------------------------------------------ Algorithm 1
     def training_step(self, batch, batch_idx: int) -> None:
@@ -102,7 +105,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         with self.toggled_optimizer(opt_g):
             for _ in range(hp.n_generator_steps):
                 x = self.generate(z)
-                teacher_logits, teacher_features = self.teacher(x, return_features=True)
+                teacher_logits, teacher_features = self.teacher_with_features(x)
                 student_logits = self.student(x)
                 loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
                 opt_g.zero_grad()
@@ -117,7 +120,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             if step == 0 or hp.student_batch == "fresh":
                 x_s = self.batch_for_student(z, x_pre_update)
                 t_logits, t_features = self.teacher_targets(x_s, seen)
-            s_logits, s_features = self.student(x_s, return_features=True)
+            s_logits, s_features = self.student_with_features(x_s)
             loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
             opt_s.zero_grad()
             self.manual_backward(loss_s)
@@ -147,14 +150,14 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             return self.generate(z if mode == "post_update" else self.draw_noise())
 
     def teacher_targets(self, x: Tensor, seen: tuple[Tensor, list[Tensor]] | None) -> tuple[Tensor, list[Tensor]]:
-        """The teacher's logits and group outputs on `x`, without gradients. `seen` is the generator
+        """The teacher's logits and attention points on `x`, without gradients. `seen` is the generator
         step's teacher output when `x` is that step's batch (pre_update): reused, detached, rather
         than paying a second forward pass for the same numbers."""
         if seen is not None:
             logits, features = seen
             return logits.detach(), [f.detach() for f in features]
         with torch.no_grad():
-            return self.teacher(x, return_features=True)
+            return self.teacher_with_features(x)
 
     def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
         # tensors go to self.log as they are: Lightning reads them only at logging intervals

@@ -71,8 +71,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, width: int, num_classes: int = 10) -> None:
         super().__init__()
         n = blocks_per_group(depth)
-        if not isinstance(width, int) or width < 1:
-            raise UserError(f"WRN width {width} is invalid: it must be a positive integer (1, 2, 4, ...)")
+        self.check_width(width)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise UserError(f"num_classes {num_classes} is invalid: a classifier needs at least 2 classes")
         self.depth, self.width, self.num_classes = depth, width, num_classes
@@ -95,6 +94,11 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def check_width(width: int) -> None:
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise UserError(f"WRN width {width} is invalid: it must be a positive integer (1, 2, 4, ...)")
 
     @property
     def arch(self) -> dict:

@@ -1,0 +1,177 @@
+"""Network families: build any supported classifier from a plain description (its `arch`).
+
+An arch is a dict of plain values, recorded in model.pt and the run's hyperparameters:
+
+- `{"family": "wrn", "depth", "width", "num_classes"}`: the pre-activation Wide ResNet;
+- `{"family": "resnet", "depth", "num_classes"}`: the CIFAR ResNets (zskt.models.resnet);
+- `{"family": "vgg", "depth", "num_classes"}`: VGG-BN with a CIFAR head (zskt.models.vgg);
+- `{"family": "torchvision", "name", "kwargs", "num_classes"}`: any torchvision classification
+  builder (`torchvision.models.get_model`), untrained, at the data's resolution;
+- `{"family": "custom", "target", "kwargs", "num_classes"}`: any importable `nn.Module` class,
+  built with `hydra.utils.instantiate` (given `num_classes` when its constructor takes it).
+
+An arch without `family` is a WRN (model.pt files written before the families existed).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torchvision
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from zskt.errors import UserError
+from zskt.models import resnet, vgg
+from zskt.models.wide_resnet import WideResNet, blocks_per_group
+
+FAMILIES = ("wrn", "resnet", "vgg", "torchvision", "custom")
+# the config keys of each family that describe the network (the rest: checkpoint, attention_layers, seed, ...)
+ARCH_KEYS = {"wrn": ("depth", "width"), "resnet": ("depth",), "vgg": ("depth",),
+             "torchvision": ("name", "kwargs"), "custom": ("target", "kwargs")}
+
+
+def family_of(arch: dict) -> str:
+    family = arch.get("family", "wrn")
+    if family not in FAMILIES:
+        raise UserError(f"network family '{family}' does not exist: choose one of {', '.join(FAMILIES)}")
+    return family
+
+
+def arch_from_config(node: DictConfig | dict, num_classes: int) -> dict:
+    """The arch a `student` or `teacher` config node describes, for `num_classes` classes."""
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    family = family_of(node)
+    values = {key: node.get(key) for key in ARCH_KEYS[family] if key != "target"}
+    if family == "custom":
+        values["target"] = node.get("_target_")
+    if "kwargs" in values:
+        values["kwargs"] = dict(values["kwargs"] or {})
+    return {"family": family, **values, "num_classes": num_classes}
+
+
+def name_of(arch: dict) -> str:
+    """How people write the network: WRN-16-1, ResNet-18, VGG-11, mobilenet_v2, my_pkg.MyNet."""
+    family = family_of(arch)
+    if family == "wrn":
+        return f"WRN-{arch['depth']}-{arch['width']}"
+    if family == "resnet":
+        return f"ResNet-{arch['depth']}"
+    if family == "vgg":
+        return f"VGG-{arch['depth']}"
+    return str(arch["name"] if family == "torchvision" else arch["target"])
+
+
+def slug_of(arch: dict) -> str:
+    """The network's part of a model-zoo file name: wrn-16-1, resnet-18, vgg-11, torchvision-mobilenet_v2,
+    custom-my_pkg.MyNet (the conf/teacher files spell the same names)."""
+    family = family_of(arch)
+    if family == "wrn":
+        return f"wrn-{arch['depth']}-{arch['width']}"
+    if family in ("resnet", "vgg"):
+        return f"{family}-{arch['depth']}"
+    return f"{family}-{name_of(arch)}"
+
+
+def _torchvision_builder(name: Any) -> None:
+    classifiers = torchvision.models.list_models(module=torchvision.models)
+    if name not in classifiers:
+        close = [c for c in classifiers if str(name).lower()[:4] in c][:6] or classifiers[:6]
+        raise UserError(f"torchvision has no classification model '{name}': pick one of "
+                        f"torchvision.models.list_models() (e.g. {', '.join(close)})")
+
+
+def _torchvision(name: Any, kwargs: dict, num_classes: int) -> nn.Module:
+    _torchvision_builder(name)
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"torchvision model {name} cannot be built with kwargs {kwargs} ({err}): "
+                        "fix teacher.kwargs / student.kwargs") from None
+
+
+def _custom_class(target: Any) -> type:
+    if not target or not isinstance(target, str) or target == "???":
+        raise UserError("the custom network needs its class: set _target_=my_pkg.MyNet on the student or teacher")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra wraps every import failure
+        raise UserError(f"custom network {target} does not import ({str(err).splitlines()[0][:160]}): "
+                        "check the module path and that it is installed or on PYTHONPATH") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"custom network {target} is not an nn.Module class: point _target_ at one")
+    return cls
+
+
+def _custom(target: Any, kwargs: dict, num_classes: int) -> nn.Module:
+    cls = _custom_class(target)
+    try:
+        takes_classes = "num_classes" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_classes = False
+    config = {"_target_": target, **kwargs}
+    if takes_classes and "num_classes" not in kwargs:
+        config["num_classes"] = num_classes
+    try:
+        return instantiate(config, _convert_="all")
+    except Exception as err:  # noqa: BLE001 - any constructor failure of the user's class
+        cause = err.__cause__ or err
+        raise UserError(f"custom network {target} could not be built with kwargs {kwargs} "
+                        f"({str(cause).splitlines()[0][:160]}): fix its kwargs") from None
+
+
+def build_network(arch: dict) -> nn.Module:
+    """A freshly initialised network of this arch (a one-line `UserError` for one that cannot exist)."""
+    family, num_classes = family_of(arch), arch["num_classes"]
+    if family == "wrn":
+        return WideResNet(arch["depth"], arch["width"], num_classes)
+    if family == "resnet":
+        return resnet.cifar_resnet(arch["depth"], num_classes)
+    if family == "vgg":
+        return vgg.CifarVGG(arch["depth"], num_classes)
+    if family == "torchvision":
+        return _torchvision(arch["name"], dict(arch.get("kwargs") or {}), num_classes)
+    return _custom(arch["target"], dict(arch.get("kwargs") or {}), num_classes)
+
+
+def default_attention_layers(arch: dict) -> list[str] | None:
+    """The family's attention points (module names), or None where the family has no fixed layout
+    (torchvision, custom: the user names them)."""
+    family = family_of(arch)
+    if family == "wrn":
+        return ["block1", "block2", "block3"]
+    if family == "resnet":
+        return resnet.attention_layers(arch["depth"])
+    if family == "vgg":
+        return vgg.attention_layers(arch["depth"])
+    return None
+
+
+def attention_layers(node: DictConfig | dict, arch: dict) -> list[str] | None:
+    """A network's attention points: its config's `attention_layers`, else its family's default."""
+    configured = node.get("attention_layers")
+    return list(configured) if configured else default_attention_layers(arch)
+
+
+def check_config(node: DictConfig | dict, role: str) -> None:
+    """One line for a network that cannot exist (family, depth, width, torchvision name, custom class),
+    before anything is loaded or written; building it costs nothing more than that."""
+    family = node.get("family", "wrn")
+    if family not in FAMILIES:
+        raise UserError(f"{role}.family={family} does not exist: choose {role}= one of {', '.join(FAMILIES)}")
+    try:
+        if family == "wrn":
+            blocks_per_group(node.get("depth"))
+            WideResNet.check_width(node.get("width"))
+        elif family == "resnet":
+            resnet.check_depth(node.get("depth"))
+        elif family == "vgg":
+            vgg.check_depth(node.get("depth"))
+        elif family == "torchvision":
+            _torchvision_builder(node.get("name"))
+        else:
+            _custom_class(node.get("_target_"))
+    except UserError as err:
+        raise UserError(f"{role}: {err}") from None
