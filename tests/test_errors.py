@@ -136,7 +136,7 @@ def test_allow_unsafe_loads_what_weights_only_refuses(tmp_path):
 
 
 BAD_COMMAND_LINES = [
-    (["dataset=foo"], "unknown dataset 'foo': choose one of cifar10, digits, image_folder, svhn"),
+    (["dataset=foo"], "unknown dataset 'foo': choose one of cifar10, cifar100, digits, image_folder, svhn"),
     (["method=foo"], "unknown method 'foo': choose one of"),
     (["trainer.nope=1"], "Could not override 'trainer.nope'"),
     (["student.depth"], "fix the override"),

@@ -161,7 +161,8 @@ RULES: dict[str, dict[str, Any]] = {
         "batch_images": POSITIVE_INT,
         "plot_k": NON_NEGATIVE_INT,
     },
-    "recipe": {"scratch_epochs": POSITIVE_INT, "finetune_epochs": POSITIVE_INT, "zero_shot_iterations": POSITIVE_INT},
+    "recipe": {"scratch_epochs": POSITIVE_INT, "finetune_epochs": POSITIVE_INT, "zero_shot_iterations": POSITIVE_INT,
+               "reference_m": POSITIVE_INT},
     "callbacks": {
         "divergence_guard": {"check_every_n_steps": POSITIVE_INT},
         "generator_samples": {"n_samples": POSITIVE_INT, "nrow": POSITIVE_INT, "seed": SEED},

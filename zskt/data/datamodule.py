@@ -18,7 +18,7 @@ from zskt.errors import UserError
 from zskt.rng import PicklableGenerators
 from zskt.validation import check
 
-DATASETS = ("cifar10", "svhn", "image_folder", "digits")
+DATASETS = ("cifar10", "cifar100", "svhn", "image_folder", "digits")
 
 
 class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
@@ -80,7 +80,7 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _from_torchvision(self) -> bool:
-        return self._given is None and self.name in ("cifar10", "svhn") and not sources.is_image_folder_tree(self.hparams.root)
+        return self._given is None and self.name in sources.TORCHVISION and not sources.is_image_folder_tree(self.hparams.root)
 
     def prepare_data(self) -> None:
         """Download torchvision's files when dataset.download=true (zskt.run calls this before `setup`)."""
@@ -95,9 +95,7 @@ class ImageDataModule(PicklableGenerators, pl.LightningDataModule):
             return sources.load_digits(split, hp.split_seed, hp.test_fraction)
         if not self._from_torchvision():
             return sources.load_image_folder(hp.root, split, resize=hp.resize, cache_dir=hp.cache_dir)
-        if self.name == "cifar10":
-            return sources.load_cifar10(hp.root, split, download=False)
-        return sources.load_svhn(hp.root, split, download=False)
+        return sources.load_torchvision(self.name, hp.root, split, download=False)
 
     def save_subset(self) -> None:
         """Record the few-shot subset in <output_dir>/few_shot_indices.json (when there is one).

@@ -42,39 +42,66 @@ def is_image_folder_tree(root: str | os.PathLike | None) -> bool:
     return root is not None and (Path(root) / "train").is_dir() and (Path(root) / "test").is_dir()
 
 
-def load_cifar10(root: str, split: str, download: bool) -> ImageTensors:
-    """CIFAR-10 through torchvision (its python pickle batches under `root`)."""
-    from torchvision.datasets import CIFAR10
+# torchvision's CIFAR classes by dataset name, and the name the errors show
+CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}
+TORCHVISION = (*CIFAR, "svhn")  # the datasets torchvision reads and downloads
 
+
+def _cifar_class(name: str):
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, CIFAR[name][0])
+
+
+def _load_cifar(name: str, root: str, split: str, download: bool) -> ImageTensors:
+    """CIFAR-10 or CIFAR-100 through torchvision (its python pickles under `root`; CIFAR-100's fine labels)."""
+    cls, label = _cifar_class(name), CIFAR[name][1]
     try:
-        ds = CIFAR10(root, train=split == "train", download=download)
+        ds = cls(root, train=split == "train", download=download)
     except RuntimeError as err:
         raise UserError(
-            f"CIFAR-10 not found under {root} ({err}): set dataset.download=true, or point "
-            "dataset.root at torchvision's cifar-10-batches-py parent or an ImageFolder tree (train/, test/)"
+            f"{label} not found under {root} ({err}): set dataset.download=true, or point "
+            f"dataset.root at torchvision's {cls.base_folder} parent or an ImageFolder tree (train/, test/)"
         ) from None
     except OSError as err:
         raise UserError(
-            f"CIFAR-10 could not be downloaded to {root} ({err}): point dataset.root at a local copy"
+            f"{label} could not be downloaded to {root} ({err}): point dataset.root at a local copy"
         ) from None
     return _from_hwc(ds.data, ds.targets, ds.classes)
 
 
+def load_cifar10(root: str, split: str, download: bool) -> ImageTensors:
+    """CIFAR-10 through torchvision (`cifar-10-batches-py/` under `root`)."""
+    return _load_cifar("cifar10", root, split, download)
+
+
+def load_cifar100(root: str, split: str, download: bool) -> ImageTensors:
+    """CIFAR-100 through torchvision (`cifar-100-python/` under `root`), with its 100 fine labels."""
+    return _load_cifar("cifar100", root, split, download)
+
+
+def load_torchvision(name: str, root: str, split: str, download: bool) -> ImageTensors:
+    """A split of one of the `TORCHVISION` datasets."""
+    loader = {"cifar10": load_cifar10, "cifar100": load_cifar100, "svhn": load_svhn}[name]
+    return loader(root, split, download=download)
+
+
 def download(name: str, root: str) -> None:
-    """Fetch torchvision's files of `name` (cifar10 or svhn) into `root`, unless they are there already.
+    """Fetch torchvision's files of `name` (one of `TORCHVISION`) into `root`, unless they are there already.
 
     The presence check comes first because torchvision's download path also decodes the whole set,
     which `setup` then does again (and Lightning calls `prepare_data` once more when it fits)."""
-    from torchvision.datasets import CIFAR10, SVHN
+    from torchvision.datasets import SVHN
 
-    if name == "cifar10":
-        files = [Path(root) / CIFAR10.base_folder / file for file, _ in CIFAR10.train_list + CIFAR10.test_list]
+    if name in CIFAR:
+        cls = _cifar_class(name)
+        files = [Path(root) / cls.base_folder / file for file, _ in cls.train_list + cls.test_list]
     else:
         files = [Path(root) / SVHN.split_list[split][1] for split in ("train", "test")]
     if all(path.is_file() for path in files):  # their checksums are checked when `setup` reads them
         return
     for split in ("train", "test"):
-        (load_cifar10 if name == "cifar10" else load_svhn)(root, split, download=True)
+        load_torchvision(name, root, split, download=True)
 
 
 def load_svhn(root: str, split: str, download: bool) -> ImageTensors:
