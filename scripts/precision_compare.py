@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    teacher, _ = load_model(args.teacher)
+    teacher, meta = load_model(args.teacher)
     teacher = teacher.to(device).eval().requires_grad_(False)
     depth, width = parse_arch(args.student)
     torch.manual_seed(args.seed)
-    student = WideResNet(depth, width, teacher.num_classes).to(device)
+    student = WideResNet(depth, width, meta["arch"]["num_classes"]).to(device)
     generator = Generator().to(device)
     z = torch.randn(args.batch_size, generator.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 from PIL import Image
+from torch import nn
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -75,3 +76,18 @@ def cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProc
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "zskt.run", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=timeout)
+
+
+class TinyNet(nn.Module):
+    """A user's own network for the custom-family tests: three conv stages (32, 16, 8 pixels at a
+    32x32 input, like a WRN's groups) and a linear head; `width` is a constructor argument of its own."""
+
+    def __init__(self, num_classes: int, width: int = 4) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.stage3(self.stage2(self.stage1(x))).mean(dim=(2, 3)))

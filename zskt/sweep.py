@@ -46,7 +46,9 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
     M as text - None: no subset -, seed, networks, budget); its final numbers from results.json as
     final/<name>."""
     def arch(node: dict | None) -> str:
-        return f"WRN-{node['depth']}-{node['width']}" if node else "none"
+        if not node:
+            return "none"
+        return node.get("name") or f"WRN-{node['depth']}-{node['width']}"  # results.json before the families: WRNs
 
     params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
               "m": str(results["m"]), "seed": results["seed"],
