@@ -259,3 +259,25 @@ def test_a_plain_resnet_state_dict_teacher_loads_with_teacher_resnet(tmp_path, r
     assert done["teacher"]["name"] == "ResNet-8"
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["teacher"]["checkpoint"].endswith("resnet8-dict.pth")
+
+
+def test_the_readmes_own_teacher_commands(tmp_path):
+    """README "Your own teacher": a plain state dict of the user's class -> evaluate, zero-shot, abm."""
+    mine = ["_target_=zskt_test_helpers.TinyNet", "+{}.kwargs.width=8"]
+    zskt.run.execute(compose_run_config(tmp_path, ["method=scratch", "student=custom", f"student.{mine[0]}",
+                                                   mine[1].format("student"), "method.epochs=3"], tmp_path / "train"))
+    trained, _ = load_model(tmp_path / "train" / "model.pt")
+    torch.save(trained.state_dict(), tmp_path / "mynet.pth")  # the user's plain state dict
+    done = zskt.run.execute(compose_run_config(tmp_path, [
+        "method=evaluate", "student=custom", "student._target_=zskt_test_helpers.TinyNet", "+student.kwargs.width=8",
+        f"student.checkpoint={tmp_path / 'mynet.pth'}"], tmp_path / "eval"))
+    assert done["student"]["name"] == "zskt_test_helpers.TinyNet" and 0 <= done["test_acc"] <= 100
+    done = zskt.run.execute(compose_run_config(tmp_path, [
+        "method=zero_shot", "teacher=custom", f"teacher.{mine[0]}", mine[1].format("teacher"),
+        f"teacher.checkpoint={tmp_path / 'mynet.pth'}", "teacher.attention_layers=[stage1,stage2,stage3]",
+        "student.depth=10", "method.iterations=10", "method.eval_every=10", "method.batch_size=32"], tmp_path / "zs"))
+    assert done["teacher"]["kwargs"] == {"width": 8} and done["student"]["name"] == "WRN-10-1"
+    done = zskt.run.execute(compose_run_config(tmp_path, [
+        "method=abm", f"student.checkpoint={tmp_path / 'zs' / 'model.pt'}", "method.k=2", "method.n_images=2"],
+        tmp_path / "abm"))
+    assert done["teacher"]["name"] == "zskt_test_helpers.TinyNet"  # found through the student's model.pt

@@ -85,8 +85,10 @@ class TinyNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 4) -> None:
         super().__init__()
         self.stage1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.stage3 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width),
+                                    nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+                                    nn.BatchNorm2d(4 * width), nn.ReLU())
         self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):

@@ -110,7 +110,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
             info(f"teacher {cfg.teacher.checkpoint} is missing; training it first ({teachers.training_command(cfg)})")
             teachers.place_trained(cfg, execute(teachers.training_config(raw)))
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        parts["teacher"], teacher_info = teachers.load_teacher(cfg, num_classes)
+        parts["teacher"], teacher_info = teachers.load_teacher(cfg, num_classes, initial_meta)
         check_teacher(parts["teacher"], datamodule.test_inputs, cfg.teacher.checkpoint)
     if method_cls.uses_attention:
         parts["attention_layers"] = {"student": families.attention_layers(cfg.student, arch),

@@ -95,14 +95,19 @@ def place_trained(cfg: DictConfig, trained: dict) -> None:
         shutil.copyfile(Path(cfg.paths.output_dir) / TEACHER_SUBDIR / trained["model"], cfg.teacher.checkpoint)
 
 
-def load_teacher(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    """The teacher network from teacher.checkpoint, and its description for results.json and model.pt."""
+def load_teacher(cfg: DictConfig, num_classes: int, student_meta: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """The teacher network from teacher.checkpoint, and its description for results.json and model.pt.
+    When that is the teacher the starting student's model.pt records, the recorded network is the
+    one to build (a plain state dict does not say which network it is)."""
     path = Path(cfg.teacher.checkpoint)
     if not path.is_file():
         hint = f"train it with `{training_command(cfg)}`, " if str(path) == zoo_checkpoint(cfg) else ""
         raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
                         "or set teacher.train_if_missing=true")
     configured = arch_from_config(cfg.teacher, num_classes)
+    recorded = (student_meta or {}).get("teacher") or {}
+    if recorded.get("checkpoint") == str(cfg.teacher.checkpoint) and recorded.get("family") in ARCH_KEYS:
+        configured = arch_from_config({**recorded, "_target_": recorded.get("target")}, num_classes)
     model, meta = load_model(path, expect=expected_network(configured), allow_unsafe=cfg.checkpoint.allow_unsafe,
                              family_arch=configured)
     # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
