@@ -4,7 +4,18 @@ Each entry is keyed like a summary row: (method, from, dataset, teacher, student
 `from` is the method of the model a run starts from (fine-tuning, belief matching), `m` is
 images per class (None: full data, or no data at all for zero-shot), `metric` is "test_acc"
 (percent) or "mte". A value is a number or (mean, std) over three seeds; None: not published.
-"paper" is Micaelli & Storkey (NeurIPS 2019), "study" the NeurIPS 2019 reproducibility study.
+"paper" is Micaelli & Storkey (NeurIPS 2019), "study" the NeurIPS 2019 reproducibility study,
+"benchmark" the data-free KD benchmark's table (BENCHMARK_SOURCE): its ZSKT row on five teacher/student
+pairs, CIFAR-10 and CIFAR-100, and the scratch accuracies of those teachers and students.
+
+The benchmark's numbers come from the README of github zju-vipa/Fast-Datafree (commit 07476cad); the
+README of github zju-vipa/CMI (commit 0e2b4217), the same authors' earlier copy of the table, agrees
+on CIFAR-10 but not on CIFAR-100: its ZSKT row reads 67.74 / 34.72 / 30.15 / 29.73 / 28.44 (four of the
+five pairs differ, by up to 25 points) and its ResNet-18 scratch accuracy reads 77.10 in one column and
+77.01 in the other. BENCHMARK_CMI keeps the CMI README's values where they differ; summarize.py prints
+them under the table. The benchmark's ZSKT is its own implementation (CMI scripts/zskt_cifar10.sh):
+no attention term, temperature 20, SGD lr 0.1, batch 256, 200 x 400 iterations of 5 student steps:
+not the paper's recipe, which the datafree_* presets run.
 """
 
 from __future__ import annotations
@@ -13,16 +24,40 @@ Value = float | tuple[float, float] | None
 Key = tuple[str, str | None, str, str | None, str, int | None, str]
 
 FEW_SHOT_M = (10, 25, 50, 75, 100)
+BENCHMARK_SOURCE = "the Fast-Datafree README (github zju-vipa/Fast-Datafree, commit 07476cad)"
+# the benchmark's five pairs, in its tables' column order
+BENCHMARK_PAIRS = (("ResNet-34", "ResNet-18"), ("VGG-11", "ResNet-18"), ("WRN-40-2", "WRN-16-1"),
+                   ("WRN-40-2", "WRN-40-1"), ("WRN-40-2", "WRN-16-2"))
 TABLE1_PAIRS = (("WRN-16-2", "WRN-16-1"), ("WRN-40-1", "WRN-16-1"), ("WRN-40-2", "WRN-16-1"),
                 ("WRN-40-1", "WRN-16-2"), ("WRN-40-2", "WRN-16-2"), ("WRN-40-2", "WRN-40-1"))
+
+
+# the benchmark's tables (Fast-Datafree README), per dataset: the ZSKT row over BENCHMARK_PAIRS, the
+# teachers' and the students' scratch rows (one value per pair column, so teachers repeat)
+BENCHMARK = {
+    "cifar10": {"zero_shot": (93.32, 89.46, 83.74, 86.07, 89.66),
+                "teacher": (95.70, 92.25, 94.87, 94.87, 94.87), "student": (95.20, 95.20, 91.12, 93.94, 93.95)},
+    "cifar100": {"zero_shot": (67.74, 54.31, 36.66, 53.60, 54.59),
+                 "teacher": (78.05, 71.32, 75.83, 75.83, 75.83), "student": (77.10, 77.10, 65.31, 72.19, 73.56)},
+}
+# where the CMI README's copy of the table differs (CIFAR-100 only): key (as PUBLISHED) -> its value
+BENCHMARK_CMI = {
+    **{("zero_shot", None, "cifar100", teacher, student, None, "test_acc"): value
+       for (teacher, student), value in zip(BENCHMARK_PAIRS[1:], (34.72, 30.15, 29.73, 28.44))},
+    ("scratch", None, "cifar100", None, "ResNet-18", None, "test_acc"): 77.01,  # its VGG-11 column; 77.10 in the other
+}
 
 
 def _entries() -> dict[Key, dict[str, Value]]:
     out: dict[Key, dict[str, Value]] = {}
 
     def add(method: str, dataset: str, teacher: str | None, student: str, m: int | None, paper: Value = None,
-            study: Value = None, origin: str | None = None, metric: str = "test_acc") -> None:
-        out[(method, origin, dataset, teacher, student, m, metric)] = {"paper": paper, "study": study}
+            study: Value = None, origin: str | None = None, metric: str = "test_acc", benchmark: Value = None) -> None:
+        key = (method, origin, dataset, teacher, student, m, metric)
+        entry = out.setdefault(key, {"paper": None, "study": None, "benchmark": None})
+        # a key two tables share (WRN-40-2 -> WRN-16-1 zero-shot, WRN scratch) keeps every source's number
+        entry.update({name: value for name, value in (("paper", paper), ("study", study), ("benchmark", benchmark))
+                      if value is not None})
 
     # Table 1: scratch accuracies (the students' and teachers' own rows)
     for student, paper, study in (("WRN-16-1", 91.04, 91.38), ("WRN-16-2", 93.97, 94.21),
@@ -66,6 +101,14 @@ def _entries() -> dict[Key, dict[str, Value]]:
                                           ("cifar10", "kd_at", 0.68, 0.81), ("svhn", "zero_shot", 0.09, 0.11),
                                           ("svhn", "kd_at", 0.64, 0.83)):
         add("abm", dataset, "WRN-40-2", "WRN-16-1", None, paper, study, origin=origin, metric="mte")
+
+    # the data-free KD benchmark: ZSKT on its five pairs, and its teachers' and students' scratch accuracies
+    for dataset, rows in BENCHMARK.items():
+        for (teacher, student), zero_shot_acc, teacher_acc, student_acc in zip(
+                BENCHMARK_PAIRS, rows["zero_shot"], rows["teacher"], rows["student"]):
+            add("zero_shot", dataset, teacher, student, None, benchmark=zero_shot_acc)
+            add("scratch", dataset, None, teacher, None, benchmark=teacher_acc)
+            add("scratch", dataset, None, student, None, benchmark=student_acc)
     return out
 
 
@@ -74,7 +117,7 @@ PUBLISHED: dict[Key, dict[str, Value]] = _entries()
 
 def published(method: str, origin: str | None, dataset: str, teacher: str | None, student: str, m: int | None,
               metric: str) -> dict[str, Value] | None:
-    """The paper's and the study's number for this row, or None where neither published one."""
+    """The paper's, the study's and the benchmark's number for this row, or None where none published one."""
     return PUBLISHED.get((method, origin, dataset, teacher, student, m, metric))
 
 

@@ -16,7 +16,10 @@ Runs without a results.json (still running, or crashed) and runs whose status is
 "completed" are listed in a section of their own.
 
 --paper adds the published numbers of SPEC section 5 (scripts/paper_numbers.py) beside each
-row where one exists. --plot writes ONE PNG with two panels: top, accuracy vs M per method
+row where one exists: the paper's, the reproducibility study's and, for the data-free KD benchmark's
+networks (experiment=datafree_cifar10 / datafree_cifar100 / datafree_teachers), that benchmark's
+(the Fast-Datafree README; a footnote names the rows where the CMI README disagrees).
+--plot writes ONE PNG with two panels: top, accuracy vs M per method
 (the paper's Figure 2: one line per method/dataset/teacher/student and budget scale, error bars = std, full
 data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
 --transitions writes a PNG of the transition curves of every belief-matching group (the paper's
@@ -43,20 +46,21 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_numbers import format_value, published  # noqa: E402
+from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, published  # noqa: E402
 
 RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
 TRANSITION_CURVES = "transition_curves.csv"   # written by method=abm beside its results.json
 ZERO_SHOT = ("zero_shot", "zero_shot_modified")  # M = 0: no training images at all
 NOT_TRAINED = ("abm", "evaluate")                 # evaluations of an existing model
+SOURCES = ("paper", "study", "benchmark")          # the published numbers' columns (scripts/paper_numbers.py)
 METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune", "abm", "evaluate")
 NOTE = ("final = test accuracy at the end of training (the headline); best-of-evals = best of the periodic "
         "test-set evaluations (test-set model selection, the number the originals report); "
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
 CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "n", "seeds",
                "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
-               "teacher_test_acc_mean", "paper", "study", "wall_time_s_mean",
+               "teacher_test_acc_mean", "paper", "study", "benchmark", "wall_time_s_mean",
                "student_images_mean")
 
 
@@ -91,8 +95,16 @@ class Unfinished:
 
 # ---------------------------------------------------------------------------- reading runs
 def arch(node: dict | None) -> str | None:
-    """'WRN-40-2' from a results.json student/teacher entry (None: no teacher)."""
-    return None if not node else f"WRN-{node['depth']}-{node['width']}"
+    """A results.json student/teacher entry's network as people write it: its `name` ('ResNet-18',
+    'VGG-11', 'WRN-40-2'), or WRN-depth-width for files written before the families existed (None: no
+    teacher)."""
+    if not node:
+        return None
+    if node.get("name"):
+        return str(node["name"])
+    if node.get("family", "wrn") == "wrn":
+        return f"WRN-{node['depth']}-{node['width']}"
+    return f"{node['family']}-{node.get('depth', '?')}"  # never merged with a WRN row
 
 
 def budget_label(budget: dict | None) -> str:
@@ -209,7 +221,8 @@ def summarize(runs: list[Run]) -> list[dict]:
         for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "student_images"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
         numbers = published(method, start, dataset, teacher, student, m, "mte" if method == "abm" else "test_acc")
-        row["paper"], row["study"] = (numbers["paper"], numbers["study"]) if numbers else (None, None)
+        for source in SOURCES:
+            row[source] = numbers[source] if numbers else None
         row["jobs"] = [str(r.job) for r in members]
         rows.append(row)
     return sorted(rows, key=sort_key)
@@ -238,8 +251,27 @@ def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[di
         columns.append(("MTE", lambda r: cell(r["mte_mean"], r["mte_std"], 3)))
     if paper:
         columns += [("paper", lambda r: format_value(r["paper"])), ("study", lambda r: format_value(r["study"]))]
+        if any(r["benchmark"] is not None for r in rows):  # the data-free KD benchmark's networks and datasets
+            columns.append(("benchmark", lambda r: format_value(r["benchmark"])))
     columns.append(("wall s (mean)", lambda r: "-" if r["wall_time_s_mean"] is None else f"{r['wall_time_s_mean']:.0f}"))
     return columns
+
+
+def benchmark_footnote(rows: list[dict]) -> str:
+    """Where the benchmark column comes from, that its ZSKT is not the paper's recipe, and the rows on
+    which the CMI README's copy of the table disagrees (scripts/paper_numbers.py)."""
+    text = (f"benchmark: the data-free KD benchmark's published numbers, from {BENCHMARK_SOURCE}: ZSKT as that "
+            "benchmark ran it (its own recipe: no attention term, T = 20, SGD; not the paper's), and its "
+            "teachers' and students' scratch accuracies.")
+    differ = []
+    for r in rows:
+        cmi = BENCHMARK_CMI.get((r["method"], r["from"], r["dataset"], r["teacher"], r["student"], r["m"], "test_acc"))
+        if cmi is not None and r["benchmark"] is not None:
+            pair = f"{r['teacher']} → {r['student']}" if r["teacher"] else r["student"]
+            differ.append(f"{r['method']} {r['dataset']} {pair}: {format_value(cmi)} (here {format_value(r['benchmark'])})")
+    if differ:
+        text += " The CMI README (github zju-vipa/CMI) gives other numbers for " + "; ".join(differ) + "."
+    return text
 
 
 def markdown(rows: list[dict], unfinished: list[Unfinished], paper: bool = False) -> str:
@@ -252,6 +284,8 @@ def markdown(rows: list[dict], unfinished: list[Unfinished], paper: bool = False
     lines.append("| " + " | ".join(h for h, _ in columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     lines += ["| " + " | ".join(f(row) for _, f in columns) + " |" for row in rows]
+    if paper and any(r["benchmark"] is not None for r in rows):
+        lines += ["", benchmark_footnote(rows)]
     repeated = [row for row in rows if len(set(row["seeds"])) < len(row["seeds"])]
     if repeated:
         lines += ["", f"Note: {len(repeated)} group(s) hold the same seed more than once (the same run in two dirs?): "
@@ -273,7 +307,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "m": row["m_label"], "seeds": ";".join(map(str, row["seeds"])),
-                             "paper": format_value(row["paper"]), "study": format_value(row["study"])})
+                             **{source: format_value(row[source]) for source in SOURCES}})
 
 
 def write_json(rows: list[dict], unfinished: list[Unfinished], path: Path) -> None:
@@ -438,7 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
                         help="sweep or run directories; every results.json below them is read")
-    parser.add_argument("--paper", action="store_true", help="add the published (paper, study) numbers beside each row")
+    parser.add_argument("--paper", action="store_true", help="add the published (paper, study, benchmark) numbers beside each row")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write groups and unfinished runs as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE",

@@ -244,3 +244,87 @@ def test_outside_the_paper_presets_precision_follows_the_hardware():
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"experiment={preset}"] if preset else [])
         assert OmegaConf.to_container(cfg.trainer)["precision"] == precision
+
+
+# ---------------------------------------------------------------------------- the data-free KD benchmark
+# its five pairs: name -> (teacher, student) as (family, depth, width or None); the README's order
+DATAFREE_PAIRS = {
+    "resnet-34_resnet-18": (("resnet", 34, None), ("resnet", 18, None)),
+    "vgg-11_resnet-18": (("vgg", 11, None), ("resnet", 18, None)),
+    "wrn-40-2_wrn-16-1": (("wrn", 40, 2), ("wrn", 16, 1)),
+    "wrn-40-2_wrn-40-1": (("wrn", 40, 2), ("wrn", 40, 1)),
+    "wrn-40-2_wrn-16-2": (("wrn", 40, 2), ("wrn", 16, 2)),
+}
+DATAFREE_TEACHERS = {"resnet-34": ("resnet", 34, None), "vgg-11": ("vgg", 11, None), "wrn-40-2": ("wrn", 40, 2)}
+DATAFREE_DATASETS = ("cifar10", "cifar100")
+
+
+def network(node: DictConfig) -> tuple:
+    """(family, depth, width or None) of a composed student/teacher node."""
+    return node.family, node.depth, node.get("width") if node.family == "wrn" else None
+
+
+def datafree_jobs(preset: str) -> list[DictConfig]:
+    return [job_config(preset, job) for job in expand(preset)]
+
+
+@pytest.mark.parametrize("dataset", DATAFREE_DATASETS)
+def test_datafree_preset_sweeps_the_benchmarks_five_pairs(dataset):
+    """`experiment=datafree_<dataset>`: zero-shot, fp32, a multirun over the five pairs (each choosing the
+    teacher= and student= families, not only sizes) and seeds 0-2, each job in <pair>/seed<s>/."""
+    preset = f"datafree_{dataset}"
+    cfg = compose_preset(preset)
+    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweep.dir == f"{OUTPUTS}/{preset}"
+    configs = datafree_jobs(preset)
+    assert len(configs) == len(DATAFREE_PAIRS) * len(SEEDS)
+    seen = set()
+    for cfg in configs:
+        pair = cfg.hydra.runtime.choices.datafree_pair
+        teacher, student = DATAFREE_PAIRS[pair]
+        assert (network(cfg.teacher), network(cfg.student)) == (teacher, student), pair
+        # the family is the config group the pair chose: its own keys, nothing left over from the WRN default
+        assert (cfg.hydra.runtime.choices.teacher, cfg.hydra.runtime.choices.student) == (teacher[0], student[0])
+        assert ("width" in cfg.student) == (student[0] == "wrn") and ("width" in cfg.teacher) == (teacher[0] == "wrn")
+        assert (cfg.method.name, cfg.dataset.name, cfg.trainer.precision) == ("zero_shot", dataset, "32-true")
+        assert cfg.method.iterations == 80000 and cfg.method.get("budget_scale", 1.0) == 1.0
+        assert job_dir(cfg) == Path(OUTPUTS, preset, pair, f"seed{cfg.seed}")
+        seen.add((pair, cfg.seed))
+    assert seen == set(itertools.product(DATAFREE_PAIRS, SEEDS))
+    # one pair at one seed from the command line; bf16 only when asked for
+    assert len(expand(preset, ("datafree_pair=vgg-11_resnet-18", "seed=1"))) == 1
+    assert compose_preset(preset, ("trainer.precision=bf16-mixed",)).trainer.precision == "bf16-mixed"
+
+
+def test_datafree_teachers_preset_trains_every_teacher_the_pairs_load():
+    """experiment=datafree_teachers: method=scratch on full CIFAR-10 and CIFAR-100 for ResNet-34, VGG-11 and
+    WRN-40-2, seeds 0-2; the model-zoo files those runs publish are exactly the zero-shot presets' default
+    teacher checkpoints (outputs/models/cifar10/resnet-34-seed0.pt, ...)."""
+    from zskt.config import zoo_path
+    from zskt.models.families import arch_from_config, slug_of
+
+    configs = datafree_jobs("datafree_teachers")
+    assert len(configs) == len(DATAFREE_DATASETS) * len(DATAFREE_TEACHERS) * len(SEEDS)
+    published, dirs = set(), set()
+    for cfg in configs:
+        name = cfg.hydra.runtime.choices.datafree_teacher
+        assert network(cfg.student) == DATAFREE_TEACHERS[name]
+        assert (cfg.method.name, cfg.dataset.m, cfg.trainer.precision) == ("scratch", None, "32-true")
+        assert cfg.dataset.name in DATAFREE_DATASETS
+        dirs.add(job_dir(cfg))
+        assert job_dir(cfg) == Path(OUTPUTS, "datafree_teachers", cfg.dataset.name, name, f"seed{cfg.seed}")
+        # where zskt.results publishes a full-data scratch model
+        published.add(zoo_path(cfg.paths.models, cfg.dataset.name, slug_of(arch_from_config(cfg.student, 0)), cfg.seed))
+    assert len(dirs) == len(configs)
+    expected = {f"{OUTPUTS}/models/{dataset}/{name}-seed{seed}.pt"
+                for dataset, name, seed in itertools.product(DATAFREE_DATASETS, DATAFREE_TEACHERS, SEEDS)}
+    assert published == expected
+    loaded = {OmegaConf.to_container(cfg.teacher, resolve=True)["checkpoint"]
+              for dataset in DATAFREE_DATASETS for cfg in datafree_jobs(f"datafree_{dataset}")}
+    assert loaded == published
+    assert len(expand("datafree_teachers", ("dataset=cifar10",))) == len(DATAFREE_TEACHERS) * len(SEEDS)
+
+
+def test_datafree_presets_are_outside_the_paper_ones():
+    # the paper_* presets reproduce the paper; the benchmark's presets never join their glob or their outputs
+    assert not set(presets_by_glob("datafree_*")) & set(EXPECTED_JOBS)
+    assert set(presets_by_glob("datafree_*")) == {"datafree_cifar10", "datafree_cifar100", "datafree_teachers"}

@@ -127,9 +127,13 @@ def test_published_numbers_sit_beside_their_rows(tree):
     assert rows[("zero_shot", None, "cifar10", "0", "800 it ×0.01")]["paper"] == (83.69, 0.58)
     text = summarize.markdown(list(rows.values()), [], paper=True)
     header = next(line for line in text.splitlines() if line.startswith("| method"))
-    assert header.endswith("| paper | study | wall s (mean) |") and "| from |" in header and "| MTE |" in header
-    assert "| 83.69 ± 0.58 | 83.63 |" in text
+    assert header.endswith("| paper | study | benchmark | wall s (mean) |") and "| from |" in header and "| MTE |" in header
+    assert "| 83.69 ± 0.58 | 83.63 | 83.74 |" in text  # WRN-40-2 -> WRN-16-1 is also a data-free benchmark pair
     assert "| paper |" not in summarize.markdown(list(rows.values()), [])
+    # without a benchmark row, no benchmark column and no footnote
+    others = [r for r in rows.values() if r["benchmark"] is None]
+    text = summarize.markdown(others, [], paper=True)
+    assert "| paper | study | wall s (mean) |" in text and "benchmark" not in text
 
 
 def test_mean_std_and_labels():
@@ -246,3 +250,82 @@ def test_a_longer_budget_at_the_same_m_is_its_own_curve(tree):
     assert [r["test_acc_mean"] for r in full] == [92.0]
     points, full = by_scale[5.0]
     assert [(r["m"], r["test_acc_mean"]) for r in points] == [(10, 70.0)] and full == []
+
+
+# ---------------------------------------------------------------------------- the data-free KD benchmark
+RESNET34 = {"family": "resnet", "depth": 34, "name": "ResNet-34", "params": 21282122, "checkpoint": "zoo.pt", "test_acc": 95.0}
+RESNET18 = {"family": "resnet", "depth": 18, "name": "ResNet-18", "params": 11173962}
+VGG11 = {"family": "vgg", "depth": 11, "name": "VGG-11", "params": 9231114, "checkpoint": "zoo.pt", "test_acc": 92.0}
+
+
+def wrn(depth: int, width: int, teacher: bool = False) -> dict:
+    node = {"family": "wrn", "depth": depth, "width": width, "name": f"WRN-{depth}-{width}", "params": 1}
+    return {**node, "checkpoint": "zoo.pt", "test_acc": 94.0} if teacher else node
+
+
+# the five pairs in the benchmark's order, and its published ZSKT accuracies (Fast-Datafree README)
+DATAFREE_PAIRS = [(RESNET34, RESNET18), (VGG11, RESNET18), (wrn(40, 2, True), wrn(16, 1)),
+                  (wrn(40, 2, True), wrn(40, 1)), (wrn(40, 2, True), wrn(16, 2))]
+BENCHMARK_ZSKT = {"cifar10": (93.32, 89.46, 83.74, 86.07, 89.66), "cifar100": (67.74, 54.31, 36.66, 53.60, 54.59)}
+
+
+@pytest.fixture
+def datafree_tree(tmp_path: Path) -> Path:
+    """What experiment=datafree_cifar10 / datafree_cifar100 and datafree_teachers leave: zero-shot runs
+    per pair and seed (<preset>/<pair>/seed<s>/results.json) and the teachers' scratch runs."""
+    outputs = tmp_path / "outputs"
+    for dataset in BENCHMARK_ZSKT:
+        for index, (teacher, student) in enumerate(DATAFREE_PAIRS):
+            pair = f"{teacher['name']}_{student['name']}".lower()
+            for seed in (0, 1):
+                write_run(outputs / f"datafree_{dataset}" / pair / f"seed{seed}", method="zero_shot", dataset=dataset,
+                          m=None, seed=seed, teacher=teacher, student=student, test_acc=50.0 + index + seed,
+                          best_test_acc=60.0, budget={"iterations": 80000, "budget_scale": 1.0})
+        for teacher in (RESNET34, VGG11, wrn(40, 2)):
+            node = {k: v for k, v in teacher.items() if k not in ("checkpoint", "test_acc")}
+            write_run(outputs / "datafree_teachers" / dataset / node["name"].lower() / "seed0", method="scratch",
+                      dataset=dataset, m=None, teacher=None, student=node, test_acc=90.0, best_test_acc=90.0,
+                      budget={"epochs": 200, "budget_scale": 1.0})
+    return outputs
+
+
+def test_datafree_rows_carry_the_benchmarks_published_numbers(datafree_tree):
+    rows = summarize.summarize(summarize.find_runs([datafree_tree])[0])
+    zero_shot = {(r["dataset"], r["teacher"], r["student"]): r for r in rows if r["method"] == "zero_shot"}
+    assert len(zero_shot) == 10  # ResNet-18 students never share a row with a WRN student, nor two teachers one row
+    for dataset, published in BENCHMARK_ZSKT.items():
+        for index, ((teacher, student), value) in enumerate(zip(DATAFREE_PAIRS, published)):
+            row = zero_shot[(dataset, teacher["name"], student["name"])]
+            assert row["n"] == 2 and row["test_acc_mean"] == pytest.approx(50.5 + index)
+            assert row["benchmark"] == value
+    assert zero_shot[("cifar10", "ResNet-34", "ResNet-18")]["paper"] is None  # the paper had no ResNet pair
+    assert zero_shot[("cifar10", "WRN-40-2", "WRN-16-1")]["paper"] == (83.69, 0.58)  # ... but this WRN pair
+    teachers = {(r["dataset"], r["student"]): r["benchmark"] for r in rows if r["method"] == "scratch"}
+    assert teachers == {("cifar10", "ResNet-34"): 95.70, ("cifar10", "VGG-11"): 92.25, ("cifar10", "WRN-40-2"): 94.87,
+                        ("cifar100", "ResNet-34"): 78.05, ("cifar100", "VGG-11"): 71.32, ("cifar100", "WRN-40-2"): 75.83}
+
+
+def test_summarize_paper_prints_the_benchmark_column_and_the_cmi_footnote(datafree_tree):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "summarize.py"), str(datafree_tree), "--paper"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| method"))
+    assert header.endswith("| paper | study | benchmark | wall s (mean) |")
+    assert "| zero_shot | cifar10 | ResNet-34 | ResNet-18 | 0 | 80000 it | - | 2 | 50.50 ± 0.71 | 60.00 ± 0.00 |  |  | 93.32 |" in done.stdout
+    assert "| zero_shot | cifar100 | VGG-11 | ResNet-18 | 0 | 80000 it | - | 2 | 51.50 ± 0.71 | 60.00 ± 0.00 |  |  | 54.31 |" in done.stdout
+    assert "| scratch | cifar100 | - | ResNet-34 | full | 200 ep |" in done.stdout
+    footnote = next(line for line in lines if line.startswith("benchmark:"))
+    assert "Fast-Datafree" in footnote and "not the paper's" in footnote
+    # the CMI README's CIFAR-100 ZSKT row disagrees on four pairs: each shown row says so
+    for pair, cmi in (("VGG-11 → ResNet-18", "34.72"), ("WRN-40-2 → WRN-16-1", "30.15"),
+                      ("WRN-40-2 → WRN-40-1", "29.73"), ("WRN-40-2 → WRN-16-2", "28.44")):
+        assert f"zero_shot cifar100 {pair}: {cmi}" in footnote
+    assert "ResNet-34 → ResNet-18" not in footnote and "cifar10 " not in footnote  # those agree
+
+
+def test_network_labels_use_the_recorded_name_and_old_files_read_as_wrn():
+    assert summarize.arch(RESNET18) == "ResNet-18" and summarize.arch(VGG11) == "VGG-11"
+    assert summarize.arch({"depth": 16, "width": 1, "params": 175066}) == "WRN-16-1"  # results.json before families
+    assert summarize.arch({"family": "resnet", "depth": 18}) == "resnet-18"  # no name: still never a WRN
+    assert summarize.arch(None) is None

@@ -89,3 +89,15 @@ def test_the_slurm_launcher_config_composes_one_gpu_per_job():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
     assert launcher.partition == "gpu" and launcher.timeout_min > 0
     assert cfg.trainer.devices == 1  # one single-device run per job
+
+
+def test_hparams_name_any_family_and_read_old_results_as_wrn():
+    # results.json entries carry the network's name (families); files from before them only depth/width (WRN)
+    cfg = job_config(["method=zero_shot", "student=resnet", "teacher=vgg"])
+    own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    resnet = {**RESULTS, "student": {"family": "resnet", "depth": 18, "name": "ResNet-18", "params": 11173962},
+              "teacher": {"family": "vgg", "depth": 11, "name": "VGG-11", "checkpoint": "t.pt", "test_acc": 92.0}}
+    params, _ = final_hparams(own, resnet)
+    assert (params["student"], params["teacher"]) == ("ResNet-18", "VGG-11")
+    params, _ = final_hparams(own, {**RESULTS, "teacher": None})
+    assert (params["student"], params["teacher"]) == ("WRN-16-1", "none")

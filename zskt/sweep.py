@@ -46,9 +46,10 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
     M as text - None: no subset -, seed, networks, budget); its final numbers from results.json as
     final/<name>."""
     def arch(node: dict | None) -> str:
+        # the entry's name (ResNet-18, VGG-11, WRN-16-1); results.json files from before the families: a WRN
         if not node:
             return "none"
-        return node.get("name") or f"WRN-{node['depth']}-{node['width']}"  # results.json before the families: WRNs
+        return str(node.get("name") or f"WRN-{node['depth']}-{node['width']}")
 
     params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
               "m": str(results["m"]), "seed": results["seed"],
