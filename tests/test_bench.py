@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
 
-SPEC = {"teacher": (10, 1), "student": (10, 1), "batch_size": 4, "n_student_steps": 2, "iterations": 1, "warmup": 1,
+SPEC = {"teacher": bench.parse_network("10-1"), "student": bench.parse_network("wrn-10-1"), "batch_size": 4, "n_student_steps": 2, "iterations": 1, "warmup": 1,
         "precision": "32-true", "channels_last": True, "compile": False}
 
 
