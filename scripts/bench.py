@@ -31,6 +31,8 @@ import re
 import time
 from pathlib import Path
 
+from zskt.errors import UserError  # no torch behind it: the parser stays cheap
+
 # wrn-40-2 / WRN-40-2 / 40-2 (the spelling before other families), resnet34 / resnet-34, vgg11 / vgg-11
 _NAME = re.compile(r"(?:(?P<wrn>wrn)-?)?(?P<depth>\d+)-(?P<width>\d+)|(?P<family>resnet|vgg)-?(?P<fdepth>\d+)")
 
@@ -38,7 +40,6 @@ _NAME = re.compile(r"(?:(?P<wrn>wrn)-?)?(?P<depth>\d+)-(?P<width>\d+)|(?P<family
 def parse_network(text: str, num_classes: int = 10) -> dict:
     """The arch (zskt.models.families) a network name describes; a one-line UserError for a name
     or size that does not exist."""
-    from zskt.errors import UserError
     from zskt.models.families import check_config
 
     match = _NAME.fullmatch(text.strip().lower())
@@ -55,8 +56,6 @@ def parse_network(text: str, num_classes: int = 10) -> dict:
 
 def network_argument(text: str) -> dict:
     """`parse_network` for argparse: its error becomes argparse's one line and exit status 2."""
-    from zskt.errors import UserError
-
     try:
         return parse_network(text)
     except UserError as err:
