@@ -23,11 +23,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
-import re
 import time
 from pathlib import Path
 
@@ -64,6 +64,20 @@ def network_argument(text: str) -> dict:
 
 def is_wrn(arch: dict) -> bool:
     return arch.get("family", "wrn") == "wrn"
+
+
+def check_pair(teacher: dict, student: dict) -> None:
+    """The families' default attention points of the pair must pair (count and sizes), as the
+    module checks before training: a one-line UserError here, before minutes of measuring."""
+    from zskt.models.attention_points import AttentionPoints, pair_points
+    from zskt.models.families import build_network, default_attention_layers
+
+    points = {role: AttentionPoints(build_network(arch), default_attention_layers(arch), role)
+              for role, arch in (("student", student), ("teacher", teacher))}
+    try:
+        pair_points(points["student"], points["teacher"], image_size=32)
+    except UserError as err:  # its advice names config keys; here the remedy is another pair
+        raise UserError(f"{str(err).split(': set ')[0]}: bench a pair whose attention points pair") from None
 
 
 # ---------------------------------------------------------------------------- measurements (in a subprocess)
@@ -498,6 +512,10 @@ def main(argv: list[str] | None = None) -> None:
     from zskt.hardware import best_precision, cpu_has_native_bf16
     from zskt.models.families import name_of
 
+    try:
+        check_pair(args.teacher, args.student)
+    except UserError as err:
+        parser.error(str(err))
     precision = best_precision() if args.precision == "auto" else args.precision
     base = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
             "n_student_steps": args.n_student_steps, "iterations": args.iterations, "warmup": args.warmup}

@@ -90,3 +90,11 @@ def test_the_bench_runs_a_pair_that_is_not_two_wrns(tmp_path, monkeypatch):
     # the study's loop trains WRNs only: no reference for this pair, and the JSON says why
     assert report["plain_loop_study"] is None and "WRN-only" in report["plain_loop_study_skipped"]
     assert summary["speedup_over_study_plain_loop"] is None
+
+
+def test_a_pair_whose_attention_points_do_not_pair_is_one_line_before_measuring(capsys):
+    with pytest.raises(SystemExit) as exit_:  # ResNet-18's four stages against ResNet-8's three
+        bench.main(["--teacher", "resnet18", "--student", "resnet8", "--out", "/nonexistent/bench.json"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "attention points do not pair" in error and "layer4 4x4" in error
