@@ -9,8 +9,12 @@ counted by torch.utils.flop_counter) next to this machine's measured matmul peak
 
 Each measurement runs in its own subprocess, so peak memory is per configuration.
 
-    python scripts/bench.py --teacher 40-2 --student 16-1 --batch-size 128 \\
+    python scripts/bench.py --teacher wrn-40-2 --student wrn-16-1 --batch-size 128 \\
         --iterations 3 --warmup 1 --out bench.json
+    python scripts/bench.py --teacher resnet34 --student resnet18 --quick --out bench.json
+
+Networks are named as people write them: wrn-40-2 (or the older 40-2), resnet34 / resnet-34,
+resnet8, vgg11; attention points are each family's defaults (zskt.models.families).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -26,10 +31,53 @@ import sys
 import time
 from pathlib import Path
 
+from zskt.errors import UserError  # no torch behind it: the parser stays cheap
 
-def parse_arch(text: str) -> tuple[int, int]:
-    depth, width = text.split("-")
-    return int(depth), int(width)
+# wrn-40-2 / WRN-40-2 / 40-2 (the spelling before other families), resnet34 / resnet-34, vgg11 / vgg-11
+_NAME = re.compile(r"(?:(?P<wrn>wrn)-?)?(?P<depth>\d+)-(?P<width>\d+)|(?P<family>resnet|vgg)-?(?P<fdepth>\d+)")
+
+
+def parse_network(text: str, num_classes: int = 10) -> dict:
+    """The arch (zskt.models.families) a network name describes; a one-line UserError for a name
+    or size that does not exist."""
+    from zskt.models.families import check_config
+
+    match = _NAME.fullmatch(text.strip().lower())
+    if match is None:
+        raise UserError(f"unknown network '{text}': write wrn-DEPTH-WIDTH (e.g. wrn-40-2), resnetDEPTH "
+                        "(e.g. resnet34) or vggDEPTH (e.g. vgg11)")
+    if match["family"]:
+        arch = {"family": match["family"], "depth": int(match["fdepth"])}
+    else:
+        arch = {"family": "wrn", "depth": int(match["depth"]), "width": int(match["width"])}
+    check_config(arch, f"network '{text}'")  # a depth the family does not build: one line, before any work
+    return {**arch, "num_classes": num_classes}
+
+
+def network_argument(text: str) -> dict:
+    """`parse_network` for argparse: its error becomes argparse's one line and exit status 2."""
+    try:
+        return parse_network(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def is_wrn(arch: dict) -> bool:
+    return arch.get("family", "wrn") == "wrn"
+
+
+def check_pair(teacher: dict, student: dict) -> None:
+    """The families' default attention points of the pair must pair (count and sizes), as the
+    module checks before training: a one-line UserError here, before minutes of measuring."""
+    from zskt.models.attention_points import AttentionPoints, pair_points
+    from zskt.models.families import build_network, default_attention_layers
+
+    points = {role: AttentionPoints(build_network(arch), default_attention_layers(arch), role)
+              for role, arch in (("student", student), ("teacher", teacher))}
+    try:
+        pair_points(points["student"], points["teacher"], image_size=32)
+    except UserError as err:  # its advice names config keys; here the remedy is another pair
+        raise UserError(f"{str(err).split(': set ')[0]}: bench a pair whose attention points pair") from None
 
 
 # ---------------------------------------------------------------------------- measurements (in a subprocess)
@@ -80,10 +128,8 @@ def measure_zero_shot(spec: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from zskt.methods.zero_shot import ZeroShot
-    from zskt.models import WideResNet
+    from zskt.models.families import build_network
 
-    t_depth, t_width = spec["teacher"]
-    s_depth, s_width = spec["student"]
     times: list[float] = []
     cpu_times: list[float] = []  # process CPU seconds (all threads): robust to a shared machine's load
     phases: list[dict] = []
@@ -130,8 +176,8 @@ def measure_zero_shot(spec: dict) -> dict:
 
     def build(iterations: int) -> ZeroShot:
         return configured_method(
-            ["method=zero_shot"], student={"depth": s_depth, "width": s_width, "num_classes": 10},
-            teacher=WideResNet(t_depth, t_width, 10), teacher_arch={"family": "wrn", "depth": t_depth, "width": t_width},
+            ["method=zero_shot"], student=spec["student"],
+            teacher=build_network(spec["teacher"]), teacher_arch=spec["teacher"],
             iterations=iterations,
             batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
             channels_last=spec["channels_last"], compile=spec["compile"],
@@ -174,7 +220,8 @@ def measure_plain_loop(spec: dict) -> dict:
     outputs are the pre_update targets; the module's memory format): the module's time over this
     one is Lightning's overhead. "study" is the study's algorithm written plainly: NCHW, and the
     teacher run again without gradients for the student phase (the work the module did before
-    it reused the generator step's teacher pass).
+    it reused the generator step's teacher pass). Attention points are captured as the module
+    captures them (AttentionPoints on the families' default layers), for any pair of networks.
     """
     import contextlib
 
@@ -182,15 +229,18 @@ def measure_plain_loop(spec: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from zskt.losses import generator_loss, zero_shot_student_loss
-    from zskt.models import Generator, WideResNet
+    from zskt.models import Generator
+    from zskt.models.attention_points import AttentionPoints
+    from zskt.models.families import build_network, default_attention_layers
 
-    (t_depth, t_width), (s_depth, s_width) = spec["teacher"], spec["student"]
     study = spec["variant"] == "study"
     channels_last = spec["channels_last"] and not study
     device = _device()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    teacher = WideResNet(t_depth, t_width, 10).to(device, memory_format=fmt).eval().requires_grad_(False)
-    student = WideResNet(s_depth, s_width, 10).to(device, memory_format=fmt)
+    teacher = build_network(spec["teacher"]).to(device, memory_format=fmt).eval().requires_grad_(False)
+    student = build_network(spec["student"]).to(device, memory_format=fmt)
+    teacher_points = AttentionPoints(teacher, default_attention_layers(spec["teacher"]), "teacher")
+    student_points = AttentionPoints(student, default_attention_layers(spec["student"]), "student")
     generator = Generator(z_dim=100).to(device, memory_format=fmt)
     opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
@@ -207,7 +257,7 @@ def measure_plain_loop(spec: dict) -> dict:
             x = generator(z).contiguous(memory_format=fmt)
             student.requires_grad_(False)  # no student weight gradients in the generator step
             with phase("teacher_forward"):
-                t_logits, t_features = teacher(x, return_features=True)
+                t_logits, t_features = teacher_points(x)
             loss_g = generator_loss(student(x), t_logits)
             opt_g.zero_grad()
             loss_g.backward()
@@ -217,11 +267,11 @@ def measure_plain_loop(spec: dict) -> dict:
         x = x.detach()
         if study:
             with phase("teacher_pass"), torch.no_grad():
-                t_logits, t_features = teacher(x, return_features=True)
+                t_logits, t_features = teacher_points(x)
         t_logits, t_features = t_logits.detach(), [f.detach() for f in t_features]
         with phase("student_steps"):
             for _ in range(spec["n_student_steps"]):
-                s_logits, s_features = student(x, return_features=True)
+                s_logits, s_features = student_points(x)
                 loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, beta)
                 opt_s.zero_grad()
                 loss_s.backward()
@@ -273,7 +323,7 @@ def measure_plain_loop(spec: dict) -> dict:
         iteration(counted)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            teacher(torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt), return_features=True)
+            teacher_points(torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt))
     flops["teacher_forward"] = counter.get_total_flops()  # one pass; part of the generator step
     total_flops = sum(flops[k] for k in ("generator_step", "teacher_pass", "student_steps") if k in flops)
     return {
@@ -297,7 +347,6 @@ def measure_scratch(spec: dict) -> dict:
     from zskt.data.sources import ImageTensors
     from zskt.methods.scratch import Scratch
 
-    depth, width = spec["student"]
     n, bs = spec["scratch_images"], spec["batch_size"]
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
@@ -307,7 +356,7 @@ def measure_scratch(spec: dict) -> dict:
                                               mean=[0.5] * 3, std=[0.25] * 3)
 
     def module() -> Scratch:
-        return configured_method(["method=scratch"], student={"depth": depth, "width": width, "num_classes": 10},
+        return configured_method(["method=scratch"], student=spec["student"],
                                  m=None, full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
 
     # model only: the same forward/backward/SGD step on one resident, normalised batch
@@ -397,11 +446,16 @@ def run_isolated(kind: str, spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- main
-def where_the_time_goes(module: dict, same_work: dict, study: dict, peak: dict) -> dict:
+def where_the_time_goes(module: dict, same_work: dict, study: dict | None, peak: dict) -> dict:
     """Per-phase seconds and GFLOP of one iteration, the fraction of the matmul peak, Lightning's
-    overhead over the plain loop doing the same work, and the speed-up over the study's plain loop."""
+    overhead over the plain loop doing the same work, and the speed-up over the study's plain loop
+    (None where there is no study loop: a pair that is not two WRNs)."""
     phases = module["phase_seconds"]
     overhead = module["seconds_per_iteration"] - same_work["seconds_per_iteration"]
+
+    def speedup(key: str) -> float | None:
+        return None if study is None else round(study[key] / module[key], 3)
+
     return {
         "phases": {
             "generator_step": {"seconds": phases["generator_step"], "gflop": same_work["phase_gflop"]["generator_step"]},
@@ -417,16 +471,17 @@ def where_the_time_goes(module: dict, same_work: dict, study: dict, peak: dict) 
         "fraction_of_fp32_matmul_peak_by_cpu_time": round(
             module["gflop_per_cpu_second"] / peak["float32_gflop_per_cpu_second"], 3),
         "lightning_overhead_percent": round(100 * overhead / same_work["seconds_per_iteration"], 1),
-        "speedup_over_study_plain_loop": round(study["seconds_per_iteration"] / module["seconds_per_iteration"], 3),
-        "speedup_over_study_plain_loop_by_cpu_time": round(
-            study["cpu_seconds_per_iteration"] / module["cpu_seconds_per_iteration"], 3),
+        "speedup_over_study_plain_loop": speedup("seconds_per_iteration"),
+        "speedup_over_study_plain_loop_by_cpu_time": speedup("cpu_seconds_per_iteration"),
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="40-2", help="teacher WRN as DEPTH-WIDTH (default 40-2)")
-    parser.add_argument("--student", default="16-1", help="student WRN as DEPTH-WIDTH (default 16-1)")
+    parser.add_argument("--teacher", default="wrn-40-2", type=network_argument,
+                        help="teacher network: wrn-40-2 (or 40-2), resnet34, resnet8, vgg11, ... (default wrn-40-2)")
+    parser.add_argument("--student", default="wrn-16-1", type=network_argument,
+                        help="student network, named like --teacher (default wrn-16-1)")
     parser.add_argument("--batch-size", type=int, default=128, help="generated batch size (default 128)")
     parser.add_argument("--batch-sizes", default="64,128,256",
                         help="comma-separated batch sizes for the cost-vs-batch sweep (default 64,128,256; '' skips it)")
@@ -444,7 +499,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args._measure:
         print(json.dumps(MEASUREMENTS[args._measure](json.loads(args._spec))))
@@ -455,9 +510,14 @@ def main() -> None:
     import torch
 
     from zskt.hardware import best_precision, cpu_has_native_bf16
+    from zskt.models.families import name_of
 
+    try:
+        check_pair(args.teacher, args.student)
+    except UserError as err:
+        parser.error(str(err))
     precision = best_precision() if args.precision == "auto" else args.precision
-    base = {"teacher": parse_arch(args.teacher), "student": parse_arch(args.student), "batch_size": args.batch_size,
+    base = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
             "n_student_steps": args.n_student_steps, "iterations": args.iterations, "warmup": args.warmup}
     default = {**base, "precision": precision, "channels_last": True, "compile": args.compile}
     baseline = {**base, "precision": "32-true", "channels_last": False, "compile": False}
@@ -468,15 +528,20 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "teacher": args.teacher, "student": args.student, "n_student_steps": args.n_student_steps,
-        "command": " ".join(sys.argv),
+        "teacher": name_of(args.teacher), "student": name_of(args.student),
+        "teacher_arch": args.teacher, "student_arch": args.student, "n_student_steps": args.n_student_steps,
+        "command": " ".join(sys.argv if argv is None else ["scripts/bench.py", *argv]),
     }
     print(f"bench: zero-shot iteration, defaults ({precision}, channels_last)", file=sys.stderr)
     report["default"] = run_isolated("zero_shot", default)
     print("bench: the same iteration as a plain PyTorch loop, same work", file=sys.stderr)
     report["plain_loop_same_work"] = run_isolated("plain_loop", {**default, "variant": "same_work"})
-    print("bench: the study's algorithm as a plain PyTorch loop (NCHW, second teacher pass)", file=sys.stderr)
-    report["plain_loop_study"] = run_isolated("plain_loop", {**default, "variant": "study"})
+    if is_wrn(args.teacher) and is_wrn(args.student):
+        print("bench: the study's algorithm as a plain PyTorch loop (NCHW, second teacher pass)", file=sys.stderr)
+        report["plain_loop_study"] = run_isolated("plain_loop", {**default, "variant": "study"})
+    else:  # the study's code trains WRNs only: there is no study loop to compare other networks with
+        report["plain_loop_study"] = None
+        report["plain_loop_study_skipped"] = "the study's loop is WRN-only; this pair is not two WRNs"
     if not args.quick:
         print("bench: zero-shot iteration, baseline (32-true, NCHW, no compile)", file=sys.stderr)
         report["baseline"] = run_isolated("zero_shot", baseline)

@@ -4,6 +4,7 @@ equal the plain loop's doing the same work, so Lightning's overhead is compared 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
 
-SPEC = {"teacher": (10, 1), "student": (10, 1), "batch_size": 4, "n_student_steps": 2, "iterations": 1, "warmup": 1,
-        "precision": "32-true", "channels_last": True, "compile": False}
+SPEC = {"teacher": bench.parse_network("10-1"), "student": bench.parse_network("wrn-10-1"), "batch_size": 4,
+        "n_student_steps": 2, "iterations": 1, "warmup": 1, "precision": "32-true", "channels_last": True,
+        "compile": False}
 
 
 def test_plain_loops_and_module_count_the_same_work_but_the_study_pays_the_teacher_twice():
@@ -35,3 +37,64 @@ def test_plain_loops_and_module_count_the_same_work_but_the_study_pays_the_teach
     peak = {"float32_gflops": 100.0, "bfloat16_gflops": 200.0, "float32_gflop_per_cpu_second": 50.0}
     summary = bench.where_the_time_goes(module, same, study, peak)
     assert summary["fraction_of_fp32_matmul_peak"] == pytest.approx(module["gflops_achieved"] / 100.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("name, arch", [
+    ("40-2", {"family": "wrn", "depth": 40, "width": 2}),  # the spelling from before the families
+    ("wrn-16-1", {"family": "wrn", "depth": 16, "width": 1}),
+    ("WRN-40-2", {"family": "wrn", "depth": 40, "width": 2}),
+    ("resnet34", {"family": "resnet", "depth": 34}),
+    ("resnet-18", {"family": "resnet", "depth": 18}),
+    ("resnet8", {"family": "resnet", "depth": 8}),
+    ("vgg11", {"family": "vgg", "depth": 11}),
+])
+def test_network_names_parse_to_archs(name, arch):
+    assert bench.parse_network(name) == {**arch, "num_classes": 10}
+
+
+@pytest.mark.parametrize("name, says", [("mobilenet", "unknown network 'mobilenet'"), ("resnet35", "ResNet depth 35"),
+                                        ("wrn-11-1", "network 'wrn-11-1'"), ("vgg12", "network 'vgg12'")])
+def test_an_unknown_network_is_one_line_and_exit_2(name, says, capsys):
+    with pytest.raises(bench.UserError, match=says):
+        bench.parse_network(name)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--teacher", name])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: argument --teacher: " in error and says in error
+
+
+def test_the_bench_runs_a_pair_that_is_not_two_wrns(tmp_path, monkeypatch):
+    """ResNet-8 -> WRN-10-1 end to end through main: every measurement in this process (no
+    subprocesses, specs still through JSON), a made-up matmul peak to keep it fast."""
+    monkeypatch.setattr(bench, "run_isolated", lambda kind, spec: bench.MEASUREMENTS[kind](json.loads(json.dumps(spec))))
+    monkeypatch.setitem(bench.MEASUREMENTS, "matmul", lambda _: {
+        "float32_gflops": 100.0, "float32_gflop_per_cpu_second": 100.0, "bfloat16_gflops": 200.0,
+        "bfloat16_gflop_per_cpu_second": 200.0})
+    out = tmp_path / "bench.json"
+    bench.main(["--teacher", "resnet8", "--student", "wrn-10-1", "--batch-size", "4", "--batch-sizes", "",
+                "--scratch-images", "0", "--iterations", "1", "--warmup", "1", "--n-student-steps", "2",
+                "--precision", "32-true", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert (report["teacher"], report["student"]) == ("ResNet-8", "WRN-10-1")
+    assert report["teacher_arch"]["family"] == "resnet"
+    module, same = report["default"], report["plain_loop_same_work"]
+    for key in ("seconds_per_iteration", "gflop_per_iteration", "gflops_achieved", "cpu_seconds_per_iteration"):
+        assert module[key] > 0 and same[key] > 0, key
+    assert module["gflop_per_iteration"] == pytest.approx(same["gflop_per_iteration"], abs=0.011)
+    assert report["baseline"]["seconds_per_iteration"] > 0 and report["speedup"] > 0
+    summary = report["where_the_time_goes"]
+    for phase in ("generator_step", "teacher_forward (inside the generator step)", "student_steps"):
+        assert summary["phases"][phase]["seconds"] > 0 and summary["phases"][phase]["gflop"] > 0, phase
+    assert summary["fraction_of_fp32_matmul_peak"] > 0 and summary["fraction_of_fp32_matmul_peak_by_cpu_time"] > 0
+    # the study's loop trains WRNs only: no reference for this pair, and the JSON says why
+    assert report["plain_loop_study"] is None and "WRN-only" in report["plain_loop_study_skipped"]
+    assert summary["speedup_over_study_plain_loop"] is None
+
+
+def test_a_pair_whose_attention_points_do_not_pair_is_one_line_before_measuring(capsys):
+    with pytest.raises(SystemExit) as exit_:  # ResNet-18's four stages against ResNet-8's three
+        bench.main(["--teacher", "resnet18", "--student", "resnet8", "--out", "/nonexistent/bench.json"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "attention points do not pair" in error and "layer4 4x4" in error
