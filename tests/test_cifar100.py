@@ -169,7 +169,8 @@ def test_scratch_run_on_cifar100_end_to_end(cifar100_root, tmp_path):
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written == json.loads(json.dumps(results))
     assert written["status"] == "completed" and written["dataset"] == "cifar100" and written["m"] is None
-    assert written["student"] == {"depth": 10, "width": 1, "params": count_parameters(WideResNet(10, 1, 100))}
+    assert written["student"] == {"family": "wrn", "depth": 10, "width": 1, "name": "WRN-10-1",
+                                  "params": count_parameters(WideResNet(10, 1, 100))}
     assert written["budget"]["epochs"] == 1 and written["budget"]["student_images"] == 300
     assert 0 <= written["test_acc"] <= 100
     model, meta = load_model(tmp_path / "run" / "model.pt", expect={"num_classes": 100})

@@ -22,7 +22,7 @@ def test_cli_scratch_run_writes_results_model_checkpoint_and_zoo(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert RESULT_KEYS <= set(results) and results["status"] == "completed"
     params = count_parameters(WideResNet(10, 1, 10))
-    assert results["student"] == {"depth": 10, "width": 1, "params": params}
+    assert results["student"] == {"family": "wrn", "depth": 10, "width": 1, "name": "WRN-10-1", "params": params}
     # student_images: one epoch over digits' 1,438 train images (1,797 less the 20 % test split)
     assert results["budget"] == {"epochs": 1, "budget_scale": 1.0, "student_images": 1438} and results["m"] is None
     assert 0 <= results["test_acc"] <= 100 and results["model"] == "model.pt"

@@ -138,6 +138,10 @@ def test_resume_is_bit_identical(tmp_path, teacher_zoo, student_batch):
     assert torch.equal(a["noise_states"], b["noise_states"])
     assert resumed["test_acc"] == straight["test_acc"]
     assert resumed["best_test_acc"] == straight["best_test_acc"]  # evaluations before the kill count too
+    # the learning curve: one point per evaluation, in student images, the one before the kill kept
+    assert resumed["evaluations"] == straight["evaluations"]
+    assert [e["student_images"] for e in straight["evaluations"]] == [2 * 2 * 16, 4 * 2 * 16]
+    assert max(e["test_acc"] for e in straight["evaluations"]) <= straight["best_test_acc"]
 
 
 def test_resume_without_checkpoint_is_one_line_error(tmp_path, capsys):
@@ -156,7 +160,7 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "python -m zskt.run method=scratch dataset=digits student.depth=16 student.width=2 seed=0" in err[0]
+    assert "python -m zskt.run method=scratch dataset=digits student=wrn student.depth=16 student.width=2 seed=0" in err[0]
 
 
 def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):

@@ -6,7 +6,8 @@ results.json schema (a completed run): status, method, dataset, m, seed, student
 family's arguments (WRN: depth, width), name, params}, teacher {the same, num_classes, checkpoint,
 test_acc} or null, test_acc (the
 final accuracy), best_test_acc (best of the periodic evaluations) and its note, budget, wall_time_s,
-model, precision, plus the method's own entries (`extra_results`). A diverged run: status,
+model, precision, evaluations (the periodic test evaluations of the fit: epoch, student_images,
+test_acc; the learning curve), plus the method's own entries (`extra_results`). A diverged run: status,
 method, dataset, seed, message, last_good_checkpoint, wall_time_s.
 """
 
@@ -109,6 +110,7 @@ def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, da
         "wall_time_s": round(seconds, 2),
         "model": MODEL_FILE if trains else cfg.student.checkpoint,
         "precision": str(trainer.precision),
+        "evaluations": module.evaluations,
         **module.extra_results(),
     }
 

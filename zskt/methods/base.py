@@ -63,6 +63,9 @@ class StudentModule(pl.LightningModule):
         self.best_accuracy = MaxMetric()
         # in the checkpoint: a resumed run still knows the evaluations made before the kill
         self.best_accuracy.persistent(True)
+        # every periodic evaluation of the fit: {"epoch", "student_images", "test_acc"} (the
+        # learning curve in results.json; in the checkpoint too, so a resumed run keeps its start)
+        self.evaluations: list[dict] = []
         if compile:
             # in place: the state-dict keys keep their names (no `_orig_mod.` prefix)
             self.student.compile()
@@ -106,6 +109,20 @@ class StudentModule(pl.LightningModule):
         self.best_accuracy.update(accuracy)
         self.log("eval/acc", accuracy, sync_dist=True)
         self.log("eval/best_acc", self.best_accuracy.compute(), sync_dist=True)
+        if self.trainer.state.fn == "fit":  # not trainer.validate's measurement before a fit
+            self.evaluations.append({"epoch": self.current_epoch + 1, "student_images": self.images_so_far(),
+                                     "test_acc": round(float(accuracy), 4)})
+
+    def images_so_far(self) -> int:
+        """The images the student has taken optimiser steps on when this evaluation runs (the unit of
+        `budget`'s student_images): completed epochs times the (few-shot) train split."""
+        return (self.current_epoch + 1) * len(self.trainer.datamodule.train_split.labels)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["evaluations"] = list(self.evaluations)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.evaluations = list(checkpoint.get("evaluations", []))
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

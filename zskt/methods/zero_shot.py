@@ -194,12 +194,18 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # every rank draws its own noise (the originals' distributed runs all drew the same)
         self.noise.manual_seed(self.hparams.noise_seed + self.global_rank)
 
+    def images_so_far(self) -> int:
+        hp = self.hparams
+        return self.iteration * hp.n_student_steps * hp.batch_size * self.trainer.world_size
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         # Lightning saves no RNG state: without this a resumed run draws a different noise stream
         states = self.all_gather(self.noise.get_state().to(self.device)).cpu()
         checkpoint["noise_states"] = states if states.dim() == 2 else states[None]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         states = checkpoint["noise_states"]
         self.noise.set_state(states[min(self.global_rank, len(states) - 1)].to(torch.uint8).clone())
 
