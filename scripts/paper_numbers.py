@@ -115,6 +115,26 @@ def _entries() -> dict[Key, dict[str, Value]]:
 PUBLISHED: dict[Key, dict[str, Value]] = _entries()
 
 
+# SPEC section 4's full budgets, in images the student takes optimiser steps on (results.json's
+# budget.student_images): where a learning curve measured at a smaller budget would have to reach
+FULL_EPOCHS = {"cifar10": 200, "svhn": 100}
+TRAIN_IMAGES_PER_CLASS = 5000                       # the "5000" of the few-shot epoch formula
+ZERO_SHOT_ITERATIONS = {("zero_shot", "cifar10"): 80_000, ("zero_shot", "svhn"): 50_000,
+                        ("zero_shot_modified", "cifar10"): 65_000}
+ZERO_SHOT_BATCH, STUDENT_STEPS, CLASSES = 128, 10, 10
+
+
+def full_budget_images(method: str, dataset: str, m: int | None) -> int | None:
+    """The student images of the published run of this method (None: no full budget to mark)."""
+    if (method, dataset) in ZERO_SHOT_ITERATIONS:
+        return ZERO_SHOT_ITERATIONS[method, dataset] * STUDENT_STEPS * ZERO_SHOT_BATCH
+    if method in ("scratch", "kd_at") and dataset in FULL_EPOCHS:
+        if m is None:
+            return FULL_EPOCHS[dataset] * TRAIN_IMAGES_PER_CLASS * CLASSES
+        return int(FULL_EPOCHS[dataset] * TRAIN_IMAGES_PER_CLASS / m) * m * CLASSES
+    return None
+
+
 def published(method: str, origin: str | None, dataset: str, teacher: str | None, student: str, m: int | None,
               metric: str) -> dict[str, Value] | None:
     """The paper's, the study's and the benchmark's number for this row, or None where none published one."""

@@ -2,6 +2,7 @@
 
     python scripts/summarize.py outputs/multirun/<stamp> [more dirs] [--paper]
         [--csv summary.csv] [--json summary.json] [--plot summary.png] [--transitions curves.png]
+        [--curves learning.png]
 
 Runs are grouped by (method, from, dataset, teacher, student, M, budget): `from` is the method of
 the model a run starts from (fine-tuning and belief matching, read from the results.json next to
@@ -22,6 +23,9 @@ networks (experiment=datafree_cifar10 / datafree_cifar100 / datafree_teachers), 
 --plot writes ONE PNG with two panels: top, accuracy vs M per method
 (the paper's Figure 2: one line per method/dataset/teacher/student and budget scale, error bars = std, full
 data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
+--curves writes a PNG of the learning curves: each group's test accuracy at its periodic evaluations
+(results.json's evaluations, the mean over its runs) against the images the student trained on, log
+scale; with --paper the published number of the row is marked at SPEC's full budget.
 --transitions writes a PNG of the transition curves of every belief-matching group (the paper's
 Figure 4): the student's p_j solid, the teacher's dashed, each the mean over the group's runs of
 the transition_curves.csv its run wrote.
@@ -46,7 +50,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, published  # noqa: E402
+from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, full_budget_images, published  # noqa: E402
 
 RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
@@ -82,6 +86,7 @@ class Run:
     student_images: int | None  # images the student took optimiser steps on (results.json's budget)
     budget_scale: float  # method.budget_scale: runs of one method at different scales are different curves
     job: Path  # the run's directory (belief matching's transition_curves.csv is read from it)
+    evaluations: tuple = ()  # its learning curve: (student images, test accuracy) per periodic evaluation
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,8 @@ def load_run(path: Path) -> Run | Unfinished:
            arch(results["student"]), results.get("m"), budget_label(budget))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
                (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
-               budget.get("student_images"), budget.get("budget_scale", 1.0), path.parent)
+               budget.get("student_images"), budget.get("budget_scale", 1.0), path.parent,
+               tuple((e["student_images"], e["test_acc"]) for e in results.get("evaluations") or []))
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -206,6 +212,13 @@ def sort_key(row: dict) -> tuple:
             row["m"] if row["m"] is not None else math.inf, row["budget"])
 
 
+def mean_curve(curves: list[tuple]) -> list[tuple[int, float]]:
+    """The group's learning curve: the mean test accuracy over its runs at each evaluation, as far as
+    every run got (runs of a group share the schedule: same method, budget and evaluations)."""
+    length = min((len(c) for c in curves), default=0)
+    return [(curves[0][i][0], statistics.fmean(c[i][1] for c in curves)) for i in range(length)]
+
+
 def summarize(runs: list[Run]) -> list[dict]:
     """One row per group: its key fields, n, seeds, and mean/std of each metric; published numbers added."""
     groups: dict[tuple, list[Run]] = {}
@@ -224,6 +237,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         for source in SOURCES:
             row[source] = numbers[source] if numbers else None
         row["jobs"] = [str(r.job) for r in members]
+        row["curve"] = mean_curve([r.evaluations for r in members])
         rows.append(row)
     return sorted(rows, key=sort_key)
 
@@ -467,6 +481,35 @@ def plot_transitions(groups: list[tuple[dict, int, list[float], list[float]]], p
 
 
 # ---------------------------------------------------------------------------- command line
+def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> None:
+    """Test accuracy against the images the student trained on (log scale), one line per group with a
+    learning curve; with `paper`, the published figure of the same row marked (x) at SPEC's full budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = itertools.cycle([f"C{i}" for i in range(10)])
+    for row in (r for r in rows if r["curve"]):
+        color = next(colors)
+        images, accuracy = zip(*row["curve"])
+        m = "" if row["method"] in ZERO_SHOT else f", {m_label(row['method'], row['m'])}"
+        ax.plot(images, accuracy, marker="o", color=color, label=f"{series_label(row)}{m} (n={row['n']})")
+        published_value = row["study"] if row["study"] is not None else row["paper"]
+        full = full_budget_images(row["method"], row["dataset"], row["m"])
+        if paper and published_value is not None and full is not None:
+            value = published_value[0] if isinstance(published_value, tuple) else published_value
+            ax.plot([full], [value], marker="x", markersize=10, color=color, linestyle="none")
+    ax.set(xscale="log", xlabel="images the student trained on (log scale)", ylabel="test accuracy (%)",
+           title="Learning curves" + ("; x: published, at its full budget" if paper else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="summarize.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -477,6 +520,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write groups and unfinished runs as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE",
                         help="write one PNG: accuracy vs M (Figure 2) above the teacher/student table (Table 1)")
+    parser.add_argument("--curves", type=Path, metavar="FILE",
+                        help="write a PNG of the learning curves: test accuracy against student images (log scale)")
     parser.add_argument("--transitions", type=Path, metavar="FILE",
                         help="write a PNG of the belief-matching transition curves, student vs teacher (Figure 4)")
     return parser.parse_args(argv)
@@ -504,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.plot, args.paper)
     if args.transitions:
         plot_transitions(curves, args.transitions)
+    if args.curves:
+        plot_learning_curves(rows, args.curves, args.paper)
     return 0
 
 

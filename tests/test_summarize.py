@@ -329,3 +329,29 @@ def test_network_labels_use_the_recorded_name_and_old_files_read_as_wrn():
     assert summarize.arch({"depth": 16, "width": 1, "params": 175066}) == "WRN-16-1"  # results.json before families
     assert summarize.arch({"family": "resnet", "depth": 18}) == "resnet-18"  # no name: still never a WRN
     assert summarize.arch(None) is None
+
+
+def test_learning_curves_average_the_runs_evaluations_and_plot(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, accuracies in enumerate([(10.0, 20.0, 30.0), (12.0, 24.0)]):  # the second run stopped early
+        evaluations = [{"epoch": i + 1, "student_images": 1280 * (i + 1), "test_acc": a} for i, a in enumerate(accuracies)]
+        write_run(sweep / f"zs_{seed}", method="zero_shot", m=None, seed=seed, test_acc=accuracies[-1],
+                  best_test_acc=accuracies[-1], budget={"iterations": 3, "budget_scale": 1.0}, evaluations=evaluations)
+    write_run(sweep / "kd", m=200, test_acc=50.0)  # an older results.json: no evaluations, no line
+    rows = summarize.summarize(summarize.find_runs([sweep])[0])
+    (zero_shot,) = [r for r in rows if r["method"] == "zero_shot"]
+    assert zero_shot["curve"] == [(1280, 11.0), (2560, 22.0)]  # as far as both runs got
+    assert [r["curve"] for r in rows if r["method"] == "kd_at"] == [[]]
+    out = tmp_path / "curves.png"
+    assert summarize.main([str(sweep), "--paper", "--curves", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_full_budgets_follow_spec_section_4():
+    from paper_numbers import full_budget_images
+
+    assert full_budget_images("zero_shot", "cifar10", None) == 80_000 * 10 * 128
+    assert full_budget_images("zero_shot_modified", "cifar10", None) == 65_000 * 10 * 128
+    assert full_budget_images("kd_at", "cifar10", 200) == int(200 * 5000 / 200) * 200 * 10  # 10 M images
+    assert full_budget_images("scratch", "svhn", 25) == int(100 * 5000 / 25) * 25 * 10
+    assert full_budget_images("abm", "cifar10", None) is None
