@@ -59,6 +59,11 @@ EXPECTED_JOBS = {
                                         ("cifar10", "paper_table1_kd_at/wrn-40-2_wrn-16-1/seed{seed}/model.pt"),
                                         ("svhn", "paper_zero_shot_svhn/wrn-40-2_wrn-16-1/seed{seed}/model.pt"),
                                         ("svhn", "paper_few_shot_svhn/kd_at/m_200/seed{seed}/model.pt"))},
+    "paper_miniature": {("zero_shot", "digits", None, (16, 2), (16, 1), seed, None) for seed in SEEDS}
+    | {(method, "digits", m, (16, 2) if method == "kd_at" else None, (16, 1), seed, None)
+       for method, m, seed in itertools.product(("kd_at", "scratch"), (1, 2, 5, 10, 25), SEEDS)},
+    "paper_miniature_abm": {("abm", "digits", None, (16, 2), (16, 1), seed, f"paper_miniature/{job}/seed{seed}/model.pt")
+                            for job, seed in itertools.product(("zero_shot", "kd_at_m25"), SEEDS)},
 }
 OUTPUTS = "outputs"  # paths.outputs by default: the chained paths are relative to it
 
@@ -172,10 +177,11 @@ SMOKE_EXTRA = {  # what digits and a one-core budget need beyond that
     "paper_table1_zero_shot": ["method.batch_size=8", "method.n_student_steps=2"],
     "paper_table1_zero_shot_modified": ["method.batch_size=8", "method.n_student_steps=2"],
     "paper_zero_shot_svhn": ["method.batch_size=8", "method.n_student_steps=2"],
+    "paper_miniature": ["method.batch_size=8", "method.n_student_steps=2"],
     # the preset's own chaining, at its CIFAR-10 entry (the smoke runs on digits)
     "paper_abm": ["student.checkpoint='${abm_students.cifar10.${abm_student}}'"],
 }
-CHAINED = ("paper_finetune_cifar10", "paper_abm")  # they start from paper_table1_zero_shot's student
+CHAINED = ("paper_finetune_cifar10", "paper_abm", "paper_miniature_abm")  # they start from earlier presets' students
 
 
 def presets_by_glob(pattern: str) -> list[str]:
@@ -216,7 +222,8 @@ def test_every_preset_runs_its_first_job_with_a_debug_budget(tmp_path, teacher_z
     outputs = tmp_path / "outputs"
     first_dirs = {"paper_table1_zero_shot": "wrn-10-2_wrn-10-1/seed0", "paper_teachers": "digits/wrn-10-1/seed0",
                   "paper_few_shot_cifar10": "scratch/m_10/seed0", "paper_finetune_cifar10": "from_zero_shot/m_10/seed0",
-                  "paper_abm": "digits/zero_shot/seed0"}
+                  "paper_abm": "digits/zero_shot/seed0", "paper_miniature": "zero_shot/seed0",
+                  "paper_miniature_abm": "zero_shot/seed0"}
     for preset, subdir in first_dirs.items():
         assert (outputs / preset / subdir / "results.json").is_file(), preset
     runs, unfinished = summarize.find_runs([outputs])
