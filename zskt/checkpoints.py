@@ -23,8 +23,8 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from zskt.errors import UserError
 from zskt.io import atomic_torch_save
-from zskt.models.original_keys import infer_arch, to_zskt_state_dict
 from zskt.models.families import FAMILIES, build_network, name_of
+from zskt.models.original_keys import infer_arch, to_zskt_state_dict
 
 MODEL_FORMAT = "zskt-model-2"
 MODEL_FORMATS = ("zskt-wrn-1", MODEL_FORMAT)  # the first held WRNs only (an arch without family)

@@ -24,11 +24,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from zskt import results, teachers
-from zskt.models import families
 from zskt.callbacks import Diverged
 from zskt.checkpoints import load_model
 from zskt.config import check_overrides, instantiate_node, is_multirun, resolve_config
 from zskt.errors import UserError
+from zskt.models import families
 from zskt.rundir import check_resume, disk_full, disk_full_message, lock_run_dir, releases_run_dir_locks
 from zskt.sweep import log_final_hparams
 from zskt.validation import check_teacher, validate_config

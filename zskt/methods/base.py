@@ -8,10 +8,10 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from zskt.errors import UserError
 from zskt.models.attention_points import AttentionPoints, pair_points
 from zskt.models.families import build_network
 from zskt.models.wide_resnet import count_parameters, set_channels_last
-from zskt.errors import UserError
 from zskt.validation import check
 
 

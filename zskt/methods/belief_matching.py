@@ -15,9 +15,9 @@ from tqdm import tqdm
 from zskt.errors import UserError
 from zskt.evaluation.belief_matching import STEP_ON, agreeing_images, mean_transition_error, transition_curves
 from zskt.evaluation.transition_files import curves_csv, plot_curves
-from zskt.models.families import name_of
 from zskt.io import atomic_write_text
 from zskt.methods.base import DistillationModule, scaled
+from zskt.models.families import name_of
 from zskt.validation import check
 
 info = rank_zero_only(logging.getLogger("zskt").info)

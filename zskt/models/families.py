@@ -97,7 +97,7 @@ def _custom_class(target: Any) -> type:
         raise UserError("the custom network needs its class: set _target_=my_pkg.MyNet on the student or teacher")
     try:
         cls = get_class(target)
-    except Exception as err:  # Hydra wraps every import failure
+    except Exception as err:  # noqa: BLE001 - Hydra wraps every import failure in its own exception
         raise UserError(f"custom network {target} does not import ({str(err).splitlines()[0][:160]}): "
                         "check the module path and that it is installed or on PYTHONPATH") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
