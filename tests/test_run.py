@@ -25,6 +25,10 @@ def test_cli_scratch_run_writes_results_model_checkpoint_and_zoo(tmp_path):
     assert results["student"] == {"family": "wrn", "depth": 10, "width": 1, "name": "WRN-10-1", "params": params}
     # student_images: one epoch over digits' 1,438 train images (1,797 less the 20 % test split)
     assert results["budget"] == {"epochs": 1, "budget_scale": 1.0, "student_images": 1438} and results["m"] is None
+    # its learning curve: the one evaluation, after the epoch's 1,438 images
+    (evaluation,) = results["evaluations"]
+    assert evaluation["epoch"] == 1 and evaluation["student_images"] == 1438
+    assert evaluation["test_acc"] <= results["best_test_acc"]
     assert 0 <= results["test_acc"] <= 100 and results["model"] == "model.pt"
     torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
