@@ -166,7 +166,7 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path, capsys):
 def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     demo = compose_cfg(tmp_path, ["experiment=demo"])
     assert demo.method.name == "zero_shot" and demo.dataset.name == "digits"
-    assert demo.teacher.train_if_missing and (demo.teacher.depth, demo.teacher.width) == (16, 2)
+    assert demo.teacher.train_if_missing and (demo.teacher.family, demo.teacher.depth) == ("resnet", 20)
     # the README states the demo's precision: fp32 on every machine, whatever it would pick
     assert demo.trainer.precision == "32-true"
     paper = compose_cfg(tmp_path, ["method=zero_shot", "dataset=cifar10"])
@@ -184,7 +184,7 @@ def test_a_shortened_demo_trains_its_teacher_and_learns_well_above_chance(tmp_pa
     # iterations were too few to be robust (22.6 % on CI).
     shortened = ["experiment=demo", "method.iterations=100", "method.eval_every=100"]
     results = zskt.run.execute(compose_cfg(tmp_path, shortened))
-    assert (tmp_path / "outputs" / "models" / "digits" / "wrn-16-2-seed0.pt").is_file()
+    assert (tmp_path / "outputs" / "models" / "digits" / "resnet-20-seed0.pt").is_file()
     assert results["budget"]["iterations"] == 100 and results["teacher"]["test_acc"] > 90.0
     assert results["test_acc"] > 25.0, results["test_acc"]
 
