@@ -98,7 +98,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     initial, initial_meta = None, None
     arch = families.arch_from_config(cfg.student, num_classes)
     if cfg.student.get("checkpoint"):
-        initial, initial_meta = load_model(cfg.student.checkpoint, expect=teachers.expected_network(arch),
+        initial, initial_meta = load_model(cfg.student.checkpoint, expect=families.checkpoint_expectation(arch),
                                            allow_unsafe=cfg.checkpoint.allow_unsafe, family_arch=arch)
         arch = initial_meta["arch"]
     parts, teacher_info = {}, None

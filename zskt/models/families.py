@@ -149,6 +149,16 @@ def default_attention_layers(arch: dict) -> list[str] | None:
     return None
 
 
+def checkpoint_expectation(configured: dict) -> dict:
+    """What a checkpoint must hold for a network config: its class count, and its family when the
+    config names one other than the default WRN (a model.pt records its own network, so a file of
+    any family loads under the default config without flags)."""
+    expect = {"num_classes": configured["num_classes"]}
+    if configured["family"] != "wrn":
+        expect["family"] = configured["family"]
+    return expect
+
+
 def attention_layers(node: DictConfig | dict, arch: dict) -> list[str] | None:
     """A network's attention points: its config's `attention_layers`, else its family's default."""
     configured = node.get("attention_layers")
