@@ -13,12 +13,12 @@ from zskt.losses import (
     anchor_loss,
     attention_map,
     attention_transfer,
-    check_attention_compatible,
     distillation_loss,
     kd_at_loss,
     kl_divergence,
 )
 from zskt.models import WideResNet
+from zskt.models.attention_points import AttentionPoints, pair_points
 
 # two samples, two classes; student logits make s = (1/2, 1/2) and (e/(1+e), 1/(1+e)),
 # teacher logits make t = (1/2, 1/2) for both samples
@@ -108,13 +108,19 @@ def test_anchor_loss_sums_the_mean_absolute_differences():
 class _TwoGroups(nn.Module):
     """A network with only two feature groups: attention transfer cannot pair it with a WRN."""
 
-    def forward(self, x, return_features=False):
-        features = [x[:, :1], x[:, :1, ::2, ::2]]
-        return x.mean((2, 3)), features
+    def __init__(self) -> None:
+        super().__init__()
+        self.group1, self.group2 = nn.Conv2d(3, 1, 1), nn.Conv2d(1, 1, 1, stride=2)
+
+    def forward(self, x):
+        return self.group2(self.group1(x)).mean((2, 3))
 
 
 def test_attention_compatibility():
-    check_attention_compatible(WideResNet(10, 1), WideResNet(16, 2))  # any WRN pair works
+    # the attention points of two networks pair (zskt.models.attention_points), a WRN's are its three groups
+    wrn = ["block1", "block2", "block3"]
+    student = AttentionPoints(WideResNet(10, 1), wrn, "student")
+    pair_points(student, AttentionPoints(WideResNet(16, 2), wrn, "teacher"), 32)  # any WRN pair works
     with pytest.raises(UserError) as info:
-        check_attention_compatible(WideResNet(10, 1), _TwoGroups())
+        pair_points(student, AttentionPoints(_TwoGroups(), ["group1", "group2"], "teacher"), 32)
     assert len(str(info.value).splitlines()) == 1 and "attention transfer" in str(info.value)

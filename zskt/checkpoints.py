@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,8 +22,8 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from zskt.errors import UserError
 from zskt.io import atomic_torch_save
-from zskt.models.families import FAMILIES, build_network, name_of
-from zskt.models.original_keys import infer_arch, to_zskt_state_dict
+from zskt.models.families import ARCH_KEYS, FAMILIES, build_network, name_of
+from zskt.models.original_keys import infer_arch, strip_wrappers, to_zskt_state_dict
 
 MODEL_FORMAT = "zskt-model-2"
 MODEL_FORMATS = ("zskt-wrn-1", MODEL_FORMAT)  # the first held WRNs only (an arch without family)
@@ -159,13 +158,11 @@ def _arch_of(meta: Any) -> dict | None:
     if not isinstance(meta, dict) or meta.get("family", "wrn") not in FAMILIES or not _is_int(meta.get("num_classes")):
         return None
     arch = {"family": meta.get("family", "wrn"), **{k: v for k, v in meta.items() if k != "family"}}
-    family = arch["family"]
-    needs = {"wrn": ("depth", "width"), "resnet": ("depth",), "vgg": ("depth",)}.get(family, ())
-    if not all(_is_int(arch.get(key)) for key in needs):
-        return None
-    if family in ("torchvision", "custom") and not (isinstance(arch.get("name" if family == "torchvision" else "target"), str)
-                                                  and isinstance(arch.get("kwargs", {}), dict)):
-        return None
+    for key in ARCH_KEYS[arch["family"]]:  # sizes are integers, names strings, kwargs a dict
+        value = arch.get(key, {} if key == "kwargs" else None)
+        if not (isinstance(value, dict) if key == "kwargs" else isinstance(value, str) if key in ("name", "target")
+                else _is_int(value)):
+            return None
     return arch
 
 
@@ -210,7 +207,7 @@ def load_model(path: str | os.PathLike, expect: dict | None = None, allow_unsafe
         raw = _raw_state_dict(path, raw)
         meta = {"dataset": None, "mean": None, "std": None, "method": None, "teacher": None}
         if family_arch is not None and family_arch.get("family", "wrn") != "wrn":
-            state, arch = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in raw.items()}, dict(family_arch)
+            state, arch = strip_wrappers(raw), dict(family_arch)
             if isinstance(state.get("fc.weight"), torch.Tensor) and state["fc.weight"].dim() == 2:
                 arch["num_classes"] = int(state["fc.weight"].shape[0])  # checked against `expect` below
         else:

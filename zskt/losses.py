@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -71,31 +70,10 @@ def anchor_loss(parameters: Sequence[Tensor], anchors: Sequence[Tensor]) -> Tens
     return sum((p - a).abs().mean() for p, a in zip(parameters, anchors, strict=True))
 
 
-def check_attention_compatible(student: torch.nn.Module, teacher: torch.nn.Module, image_size: int = 32) -> None:
-    """Attention transfer needs as many groups at the same spatial sizes in both networks."""
-    from zskt.errors import UserError
-
-    def group_sizes(net: torch.nn.Module) -> list[tuple[int, int]]:
-        was_training = net.training
-        net.eval()  # eval mode: the probe must not touch BN running statistics
-        with torch.no_grad():
-            _, features = net(torch.zeros(1, 3, image_size, image_size), return_features=True)
-        net.train(was_training)
-        return [tuple(f.shape[-2:]) for f in features]
-
-    s_shapes, t_shapes = group_sizes(student), group_sizes(teacher)
-    if s_shapes != t_shapes:
-        raise UserError(
-            f"attention transfer cannot match student groups {s_shapes} with teacher groups {t_shapes}: "
-            "use networks with the same number of groups and input size"
-        )
-
-
 __all__ = [
     "anchor_loss",
     "attention_map",
     "attention_transfer",
-    "check_attention_compatible",
     "distillation_loss",
     "generator_loss",
     "kd_at_loss",

@@ -25,7 +25,7 @@ from zskt.checkpoints import save_model
 from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
 from zskt.errors import UserError
 from zskt.io import atomic_write_json, atomic_write_text
-from zskt.models.families import name_of, slug_of
+from zskt.models.families import network_info, slug_of
 from zskt.rundir import read_results
 
 log = logging.getLogger("zskt")
@@ -61,11 +61,6 @@ def completed_run(output_dir: Path) -> dict | None:
         return None
     done = read_results(path)
     return done if done.get("status") == "completed" else None
-
-
-def network_info(arch: dict, params: int) -> dict:
-    """A network in results.json: its arch (without the class count), its name and its size."""
-    return {**{k: v for k, v in arch.items() if k != "num_classes"}, "name": name_of(arch), "params": params}
 
 
 def write_start(cfg: DictConfig, output_dir: Path, datamodule) -> None:

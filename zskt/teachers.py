@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from zskt.checkpoints import load_model
 from zskt.config import TEACHER_SUBDIR, compose_config, zoo_path
 from zskt.errors import UserError
-from zskt.models.families import ARCH_KEYS, arch_from_config, checkpoint_expectation, family_of, name_of, slug_of
+from zskt.models.families import ARCH_KEYS, arch_from_config, checkpoint_expectation, family_of, network_info, slug_of
 from zskt.models.wide_resnet import count_parameters
 
 # the user's overrides a teacher-training command repeats: where the data and the zoo are
@@ -107,10 +107,10 @@ def load_teacher(cfg: DictConfig, num_classes: int, student_meta: dict | None = 
     configured = arch_from_config(cfg.teacher, num_classes)
     recorded = (student_meta or {}).get("teacher") or {}
     if recorded.get("checkpoint") == str(cfg.teacher.checkpoint) and recorded.get("family") in ARCH_KEYS:
-        configured = arch_from_config({**recorded, "_target_": recorded.get("target")}, num_classes)
+        configured = arch_from_config(recorded, num_classes)
     model, meta = load_model(path, expect=checkpoint_expectation(configured), allow_unsafe=cfg.checkpoint.allow_unsafe,
                              family_arch=configured)
     # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
-    info = {**meta["arch"], "name": name_of(meta["arch"]), "checkpoint": str(path.resolve()),
-            "params": count_parameters(model)}
+    info = {**network_info(meta["arch"], count_parameters(model)), "num_classes": meta["arch"]["num_classes"],
+            "checkpoint": str(path.resolve())}
     return model, info

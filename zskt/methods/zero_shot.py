@@ -172,7 +172,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         hp = self.hparams
         # student optimiser steps only; the generator step's pass through the student adds batch_size more
         return {"iterations": self.total_iterations, "budget_scale": hp.budget_scale,
-                "student_images": self.total_iterations * hp.n_student_steps * hp.batch_size * world_size}
+                "student_images": self.student_images(self.total_iterations, world_size)}
 
     @property
     def iteration(self) -> int:
@@ -195,8 +195,12 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.noise.manual_seed(self.hparams.noise_seed + self.global_rank)
 
     def images_so_far(self) -> int:
+        return self.student_images(self.iteration, self.trainer.world_size)
+
+    def student_images(self, iterations: int, world_size: int) -> int:
+        """Images the student takes optimiser steps on in `iterations` iterations on `world_size` devices."""
         hp = self.hparams
-        return self.iteration * hp.n_student_steps * hp.batch_size * self.trainer.world_size
+        return iterations * hp.n_student_steps * hp.batch_size * world_size
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -41,12 +41,13 @@ def family_of(arch: dict) -> str:
 
 
 def arch_from_config(node: DictConfig | dict, num_classes: int) -> dict:
-    """The arch a `student` or `teacher` config node describes, for `num_classes` classes."""
+    """The arch a `student` or `teacher` config node describes, for `num_classes` classes; an arch or a
+    network recorded in results.json / model.pt (a custom class as `target`) reads the same way."""
     node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     family = family_of(node)
     values = {key: node.get(key) for key in ARCH_KEYS[family] if key != "target"}
     if family == "custom":
-        values["target"] = node.get("_target_")
+        values["target"] = node.get("_target_", node.get("target"))
     if "kwargs" in values:
         values["kwargs"] = dict(values["kwargs"] or {})
     return {"family": family, **values, "num_classes": num_classes}
@@ -62,6 +63,11 @@ def name_of(arch: dict) -> str:
     if family == "vgg":
         return f"VGG-{arch['depth']}"
     return str(arch["name"] if family == "torchvision" else arch["target"])
+
+
+def network_info(arch: dict, params: int) -> dict:
+    """A network in results.json: its arch (without the class count), its name and its size."""
+    return {**{k: v for k, v in arch.items() if k != "num_classes"}, "name": name_of(arch), "params": params}
 
 
 def slug_of(arch: dict) -> str:

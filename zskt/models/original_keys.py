@@ -37,9 +37,14 @@ def _rename(state: dict[str, Tensor], rules: list[tuple[str, str]]) -> dict[str,
     return renamed
 
 
+def strip_wrappers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keys without the prefixes DDP (`module.`) and torch.compile (`_orig_mod.`) add when saved wrapped."""
+    return {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
+
+
 def to_zskt_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map a raw WRN state dict of ours, the study's or the paper authors' code onto our key names."""
-    state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
+    state = strip_wrappers(state)
     if any(".nblockLayer." in k for k in state):
         return _rename(state, STUDY_KEYS)
     if any(".convShortcut." in k for k in state) or "bn1.weight" in state:
