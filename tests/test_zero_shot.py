@@ -74,6 +74,38 @@ def test_gradients_are_clipped_to_the_configured_norm(tmp_path, teacher_zoo):
     assert min(recorder.norms) > clip * 0.99  # every step really was clipped down to the cap
 
 
+class _RecordTeacherConfidence(pl.Callback):
+    """The teacher's mean top-class probability each iteration logs, as the run logs it."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.values.append(float(trainer.callback_metrics["train/teacher_max_prob"]))
+
+
+def test_evaluations_record_the_teachers_confidence_and_a_collapse_is_reported_once(tmp_path, teacher_zoo, caplog):
+    recorder = _RecordTeacherConfidence()
+    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", "method.collapse_max_prob=0.01")
+    with caplog.at_level("WARNING", logger="zskt"):
+        results = zskt.run.execute(compose_cfg(tmp_path / "a", overrides), callbacks=[recorder])
+    # each evaluation holds the mean over its own block of 2 iterations, not the run's running mean
+    assert len(recorder.values) == 4
+    block_means = [sum(recorder.values[:2]) / 2, sum(recorder.values[2:]) / 2]
+    recorded = [e["teacher_max_prob"] for e in results["evaluations"]]
+    assert recorded == pytest.approx(block_means, abs=1e-4)
+    assert all(0.1 <= p <= 1.0 for p in recorded)  # 10 classes: a mean top-class probability is at least 1/10
+    warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 1  # said once, at the first block over the threshold
+    assert "iteration 2" in warnings[0] and "method.generator_lr=0.0005" in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zskt"):
+        zskt.run.execute(compose_cfg(tmp_path / "b", zero_shot_overrides(
+            teacher_zoo, "method.iterations=2", "method.collapse_max_prob=null")))
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
+
+
 def _hand_kl(student_logits, teacher_logits):
     """KL(t || s) summed over classes and batch, divided by batch * classes."""
     t = teacher_logits.softmax(1)

@@ -19,17 +19,22 @@ Per iteration (SPEC section 4):
                   student step, each used once.
 
 A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint), the last
-one just the remainder, so the run stops after exactly `iterations` iterations. Under manual
+one just the remainder, so the run stops after exactly `iterations` iterations. Each evaluation
+also records the teacher's mean top-class probability on the block's generated batches; at or
+above `collapse_max_prob` the generator has most likely collapsed onto images the teacher is
+sure of (the student then learns little), and the run says so once. Under manual
 optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
@@ -41,6 +46,7 @@ from zskt.rng import PicklableGenerators
 from zskt.validation import check
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
+log = logging.getLogger("zskt")
 
 
 class ZeroShot(PicklableGenerators, DistillationModule):
@@ -72,6 +78,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         noise_seed: int,
         channels_last: bool,
         compile: bool,
+        collapse_max_prob: float | None = None,
     ) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         if student_batch not in STUDENT_BATCHES:
@@ -79,7 +86,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         for key, value in (("batch_size", batch_size), ("n_generator_steps", n_generator_steps),
                            ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations),
                            ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
-                           ("temperature", temperature), ("grad_clip", grad_clip)):
+                           ("temperature", temperature), ("grad_clip", grad_clip),
+                           ("collapse_max_prob", collapse_max_prob)):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
@@ -91,6 +99,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
         self.noise = torch.Generator()
         self.use_attention(attention_layers, beta, IMAGE_SIZE)
+        # the teacher's mean top-class probability on generated batches over an evaluation block
+        self.teacher_confidence = MeanMetric()
+        self.collapse_reported = False
 
     # ------------------------------------------------------------------ Algorithm 1
     def training_step(self, batch, batch_idx: int) -> None:
@@ -131,7 +142,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         sched_g.step()
         sched_s.step()
 
-        self.log_iteration(loss_g, loss_s, teacher_logits.detach(), student_logits.detach())
+        teacher_max_prob = teacher_logits.detach().float().softmax(1).amax(1).mean()
+        self.teacher_confidence.update(teacher_max_prob)
+        self.log_iteration(loss_g, loss_s, teacher_max_prob, student_logits.detach())
 
     def draw_noise(self) -> Tensor:
         """z ~ N(0, I) from the run's own (checkpointed) random stream."""
@@ -159,13 +172,35 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         with torch.no_grad():
             return self.teacher_with_features(x)
 
-    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_logits: Tensor, student_logits: Tensor) -> None:
+    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_max_prob: Tensor, student_logits: Tensor) -> None:
         # tensors go to self.log as they are: Lightning reads them only at logging intervals
         self.log("train/generator_loss", loss_g, prog_bar=True, batch_size=1)
         self.log("train/student_loss", loss_s, prog_bar=True, batch_size=1)
-        self.log("train/teacher_max_prob", teacher_logits.float().softmax(1).amax(1).mean(), batch_size=1)
+        self.log("train/teacher_max_prob", teacher_max_prob, batch_size=1)
         self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
         self.log("train/iteration", float(self.iteration + 1), batch_size=1)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.trainer.state.fn != "fit" or not self.teacher_confidence.update_called:
+            return
+        confidence = float(self.teacher_confidence.compute())  # all ranks: compute syncs under DDP
+        self.teacher_confidence.reset()
+        self.evaluations[-1]["teacher_max_prob"] = round(confidence, 4)
+        self.report_collapse(confidence)
+
+    def report_collapse(self, confidence: float) -> None:
+        """Say once when the generated batches look collapsed (see the module docstring)."""
+        threshold = self.hparams.collapse_max_prob
+        if threshold is None or confidence < threshold or self.collapse_reported:
+            return
+        self.collapse_reported = True
+        if self.trainer.is_global_zero:
+            log.warning(
+                f"zskt: warning: the generator looks collapsed at iteration {self.iteration}: the teacher's mean "
+                f"top-class probability on its images was {confidence:.3f} over the last evaluation block "
+                f"(method.collapse_max_prob={threshold}), and a student learns little from images the teacher is "
+                f"sure of; try method.generator_lr={self.hparams.generator_lr / 2:g} (half) or another seed")
 
     # ------------------------------------------------------------------ bookkeeping
     def budget(self, world_size: int, train_images: int) -> dict:
