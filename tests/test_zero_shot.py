@@ -14,7 +14,7 @@ import zskt.run
 from zskt_test_helpers import compose_run_config as compose_cfg
 from zskt_test_helpers import WRN_GROUPS, KillAtEpoch
 from zskt.checkpoints import load_model
-from zskt.methods.zero_shot import ZeroShot
+from zskt.methods.zero_shot import teacher_view, ZeroShot
 from zskt.models import Generator, WideResNet
 
 
@@ -74,35 +74,47 @@ def test_gradients_are_clipped_to_the_configured_norm(tmp_path, teacher_zoo):
     assert min(recorder.norms) > clip * 0.99  # every step really was clipped down to the cap
 
 
-class _RecordTeacherConfidence(pl.Callback):
-    """The teacher's mean top-class probability each iteration logs, as the run logs it."""
+class _RecordTeacherView(pl.Callback):
+    """What each iteration logs of the teacher on its generated batch, as the run logs it."""
 
     def __init__(self) -> None:
-        self.values: list[float] = []
+        self.max_prob: list[float] = []
+        self.share: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.values.append(float(trainer.callback_metrics["train/teacher_max_prob"]))
+        self.max_prob.append(float(trainer.callback_metrics["train/teacher_max_prob"]))
+        self.share.append(float(trainer.callback_metrics["train/top_class_share"]))
 
 
-def test_evaluations_record_the_teachers_confidence_and_a_collapse_is_reported_once(tmp_path, teacher_zoo, caplog):
-    recorder = _RecordTeacherConfidence()
-    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", "method.collapse_max_prob=0.01")
+def test_top_class_share_is_the_share_of_the_batch_in_its_most_frequent_class():
+    logits = torch.full((8, 10), -5.0)
+    for row, cls in enumerate([3, 3, 3, 1, 1, 7, 3, 0]):
+        logits[row, cls] = 5.0
+    max_prob, share = teacher_view(logits, 10)
+    assert float(share) == 4 / 8  # class 3 holds 4 of the 8 images
+    expected = torch.tensor(5.0).exp() / (torch.tensor(5.0).exp() + 9 * torch.tensor(-5.0).exp())
+    assert float(max_prob) == pytest.approx(float(expected))
+
+
+def test_evaluations_record_the_teachers_view_and_a_collapse_is_reported_once(tmp_path, teacher_zoo, caplog):
+    recorder = _RecordTeacherView()
+    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=4", "method.collapse_class_share=0.01")
     with caplog.at_level("WARNING", logger="zskt"):
         results = zskt.run.execute(compose_cfg(tmp_path / "a", overrides), callbacks=[recorder])
-    # each evaluation holds the mean over its own block of 2 iterations, not the run's running mean
-    assert len(recorder.values) == 4
-    block_means = [sum(recorder.values[:2]) / 2, sum(recorder.values[2:]) / 2]
-    recorded = [e["teacher_max_prob"] for e in results["evaluations"]]
-    assert recorded == pytest.approx(block_means, abs=1e-4)
-    assert all(0.1 <= p <= 1.0 for p in recorded)  # 10 classes: a mean top-class probability is at least 1/10
+    # each evaluation holds the means over its own block of 2 iterations, not the run's running means
+    assert len(recorder.share) == 4
+    for name, values in (("teacher_max_prob", recorder.max_prob), ("top_class_share", recorder.share)):
+        recorded = [e[name] for e in results["evaluations"]]
+        assert recorded == pytest.approx([sum(values[:2]) / 2, sum(values[2:]) / 2], abs=1e-4), name
+        assert all(0.1 <= v <= 1.0 for v in recorded), name  # 10 classes: neither mean can be under 1/10
     warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     assert len(warnings) == 1  # said once, at the first block over the threshold
-    assert "iteration 2" in warnings[0] and "method.generator_lr=0.0005" in warnings[0]
+    assert "iteration 2" in warnings[0] and "method.collapse_class_share=0.01" in warnings[0]
 
     caplog.clear()
     with caplog.at_level("WARNING", logger="zskt"):
         zskt.run.execute(compose_cfg(tmp_path / "b", zero_shot_overrides(
-            teacher_zoo, "method.iterations=2", "method.collapse_max_prob=null")))
+            teacher_zoo, "method.iterations=2", "method.collapse_class_share=null")))
     assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
 
 

@@ -7,8 +7,8 @@ family's arguments (WRN: depth, width), name, params}, teacher {the same, num_cl
 test_acc} or null, test_acc (the
 final accuracy), best_test_acc (best of the periodic evaluations) and its note, budget, wall_time_s,
 model, precision, evaluations (the periodic test evaluations of the fit: epoch, student_images,
-test_acc, and for zero-shot the teacher's mean top-class probability on the block's generated
-images, teacher_max_prob; the learning curve), plus the method's own entries (`extra_results`). A diverged run: status,
+test_acc, and for zero-shot teacher_max_prob and top_class_share, means over the block's generated
+batches; the learning curve), plus the method's own entries (`extra_results`). A diverged run: status,
 method, dataset, seed, message, last_good_checkpoint, wall_time_s.
 """
 

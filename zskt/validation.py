@@ -140,7 +140,7 @@ RULES: dict[str, dict[str, Any]] = {
         "generator_lr": POSITIVE,
         "grad_clip": POSITIVE,
         "noise_seed": SEED,
-        "collapse_max_prob": Number("a number above 0 and at most 1, or null (never warn)", low=0, high=1, open_low=True,
+        "collapse_class_share": Number("a number above 0 and at most 1, or null (never warn)", low=0, high=1, open_low=True,
                                     optional=True),
         "generator": {"z_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "negative_slope": NON_NEGATIVE},
         # SGD and Adam recipes

@@ -20,9 +20,10 @@ Per iteration (SPEC section 4):
 
 A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint), the last
 one just the remainder, so the run stops after exactly `iterations` iterations. Each evaluation
-also records the teacher's mean top-class probability on the block's generated batches; at or
-above `collapse_max_prob` the generator has most likely collapsed onto images the teacher is
-sure of (the student then learns little), and the run says so once. Under manual
+also records two means over the block's generated batches: the teacher's top-class probability
+and the share of a batch in its most frequent teacher class. At a share of `collapse_class_share`
+or more the generator has collapsed onto a class or two (the student then learns little beyond
+them), and the run says so once. Under manual
 optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
@@ -47,6 +48,15 @@ from zskt.validation import check
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
 log = logging.getLogger("zskt")
+
+
+def teacher_view(teacher_logits: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """The teacher's mean top-class probability on a generated batch, and the share of the batch in
+    its most frequent class (counted by comparison rather than bincount: no device sync)."""
+    teacher_max_prob = teacher_logits.float().softmax(1).amax(1).mean()
+    classes = teacher_logits.argmax(1)
+    counts = (classes[:, None] == torch.arange(num_classes, device=classes.device)).sum(0)
+    return teacher_max_prob, counts.max() / classes.numel()
 
 
 class ZeroShot(PicklableGenerators, DistillationModule):
@@ -78,7 +88,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         noise_seed: int,
         channels_last: bool,
         compile: bool,
-        collapse_max_prob: float | None = None,
+        collapse_class_share: float | None = None,
     ) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         if student_batch not in STUDENT_BATCHES:
@@ -87,7 +97,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                            ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations),
                            ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
                            ("temperature", temperature), ("grad_clip", grad_clip),
-                           ("collapse_max_prob", collapse_max_prob)):
+                           ("collapse_class_share", collapse_class_share)):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
@@ -99,8 +109,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
         self.noise = torch.Generator()
         self.use_attention(attention_layers, beta, IMAGE_SIZE)
-        # the teacher's mean top-class probability on generated batches over an evaluation block
+        # over an evaluation block's generated batches: the teacher's mean top-class probability, and
+        # the mean share of a batch in its most frequent teacher class (the collapse signal)
         self.teacher_confidence = MeanMetric()
+        self.top_class_share = MeanMetric()
         self.collapse_reported = False
 
     # ------------------------------------------------------------------ Algorithm 1
@@ -142,9 +154,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         sched_g.step()
         sched_s.step()
 
-        teacher_max_prob = teacher_logits.detach().float().softmax(1).amax(1).mean()
+        teacher_max_prob, top_class_share = teacher_view(teacher_logits.detach(), self.num_classes)
         self.teacher_confidence.update(teacher_max_prob)
-        self.log_iteration(loss_g, loss_s, teacher_max_prob, student_logits.detach())
+        self.top_class_share.update(top_class_share)
+        self.log_iteration(loss_g, loss_s, teacher_max_prob, top_class_share, student_logits.detach())
 
     def draw_noise(self) -> Tensor:
         """z ~ N(0, I) from the run's own (checkpointed) random stream."""
@@ -172,11 +185,13 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         with torch.no_grad():
             return self.teacher_with_features(x)
 
-    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_max_prob: Tensor, student_logits: Tensor) -> None:
+    def log_iteration(self, loss_g: Tensor, loss_s: Tensor, teacher_max_prob: Tensor, top_class_share: Tensor,
+                      student_logits: Tensor) -> None:
         # tensors go to self.log as they are: Lightning reads them only at logging intervals
         self.log("train/generator_loss", loss_g, prog_bar=True, batch_size=1)
         self.log("train/student_loss", loss_s, prog_bar=True, batch_size=1)
         self.log("train/teacher_max_prob", teacher_max_prob, batch_size=1)
+        self.log("train/top_class_share", top_class_share, batch_size=1)
         self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
         self.log("train/iteration", float(self.iteration + 1), batch_size=1)
 
@@ -184,23 +199,25 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         super().on_validation_epoch_end()
         if self.trainer.state.fn != "fit" or not self.teacher_confidence.update_called:
             return
-        confidence = float(self.teacher_confidence.compute())  # all ranks: compute syncs under DDP
+        # all ranks: compute syncs under DDP
+        confidence, share = float(self.teacher_confidence.compute()), float(self.top_class_share.compute())
         self.teacher_confidence.reset()
-        self.evaluations[-1]["teacher_max_prob"] = round(confidence, 4)
-        self.report_collapse(confidence)
+        self.top_class_share.reset()
+        self.evaluations[-1].update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
+        self.report_collapse(share)
 
-    def report_collapse(self, confidence: float) -> None:
+    def report_collapse(self, share: float) -> None:
         """Say once when the generated batches look collapsed (see the module docstring)."""
-        threshold = self.hparams.collapse_max_prob
-        if threshold is None or confidence < threshold or self.collapse_reported:
+        threshold = self.hparams.collapse_class_share
+        if threshold is None or share < threshold or self.collapse_reported:
             return
         self.collapse_reported = True
         if self.trainer.is_global_zero:
             log.warning(
-                f"zskt: warning: the generator looks collapsed at iteration {self.iteration}: the teacher's mean "
-                f"top-class probability on its images was {confidence:.3f} over the last evaluation block "
-                f"(method.collapse_max_prob={threshold}), and a student learns little from images the teacher is "
-                f"sure of; try method.generator_lr={self.hparams.generator_lr / 2:g} (half) or another seed")
+                f"zskt: warning: the generator looks collapsed at iteration {self.iteration}: on average "
+                f"{share:.0%} of a generated batch fell in one teacher class over the last evaluation block "
+                f"(method.collapse_class_share={threshold}), so the student sees little of the other classes; "
+                "try another seed, or method.generator_lr / method.batch_size (README, Quick start)")
 
     # ------------------------------------------------------------------ bookkeeping
     def budget(self, world_size: int, train_images: int) -> dict:
