@@ -210,7 +210,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         """Say once when the generated batches look collapsed (see the module docstring)."""
         threshold = self.hparams.collapse_class_share
         # not on the first block: from random weights a generator's batches often fall mostly in a class
-        # or two before they spread out (0.53-0.68 over the first 50 demo iterations of runs that learned)
+        # or two before they spread out (0.51-0.68 over the first 50 demo iterations of runs that learned)
         if threshold is None or share < threshold or self.collapse_reported or len(self.evaluations) < 2:
             return
         self.collapse_reported = True
