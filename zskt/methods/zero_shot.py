@@ -113,7 +113,6 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # the mean share of a batch in its most frequent teacher class (the collapse signal)
         self.teacher_confidence = MeanMetric()
         self.top_class_share = MeanMetric()
-        self.collapse_reported = False
 
     # ------------------------------------------------------------------ Algorithm 1
     def training_step(self, batch, batch_idx: int) -> None:
@@ -204,16 +203,19 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.teacher_confidence.reset()
         self.top_class_share.reset()
         self.evaluations[-1].update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
-        self.report_collapse(share)
+        self.report_collapse()
 
-    def report_collapse(self, share: float) -> None:
-        """Say once when the generated batches look collapsed (see the module docstring)."""
+    def report_collapse(self) -> None:
+        """Say once when the generated batches look collapsed (see the module docstring): at the first
+        evaluation whose class share reaches the threshold. Read from `evaluations`, which the checkpoint
+        keeps, so a resumed run does not say it again."""
         threshold = self.hparams.collapse_class_share
         # not on the first block: from random weights a generator's batches often fall mostly in a class
         # or two before they spread out (0.51-0.68 over the first 50 demo iterations of runs that learned)
-        if threshold is None or share < threshold or self.collapse_reported or len(self.evaluations) < 2:
+        shares = [e["top_class_share"] for e in self.evaluations[1:] if "top_class_share" in e]
+        if threshold is None or not shares or shares[-1] < threshold or any(s >= threshold for s in shares[:-1]):
             return
-        self.collapse_reported = True
+        share = shares[-1]
         if self.trainer.is_global_zero:
             log.warning(
                 f"zskt: warning: the generator looks collapsed at iteration {self.iteration}: on average "
