@@ -37,6 +37,16 @@ def test_plain_loops_and_module_count_the_same_work_but_the_study_pays_the_teach
     peak = {"float32_gflops": 100.0, "bfloat16_gflops": 200.0, "float32_gflop_per_cpu_second": 50.0}
     summary = bench.where_the_time_goes(module, same, study, peak)
     assert summary["fraction_of_fp32_matmul_peak"] == pytest.approx(module["gflops_achieved"] / 100.0, abs=1e-3)
+    assert summary["fraction_of_bf16_matmul_peak"] is None  # an fp32 iteration is not measured against bf16
+    in_bf16 = bench.where_the_time_goes({**module, "precision": "bf16-mixed"}, same, study, peak)
+    assert in_bf16["fraction_of_bf16_matmul_peak"] == pytest.approx(module["gflops_achieved"] / 200.0, abs=1e-3)
+
+
+def test_the_matmul_peak_reports_both_dtypes_and_the_matrix_it_timed():
+    peak = bench.measure_matmul_peak({"max_size": 128})
+    for dtype in ("float32", "bfloat16"):
+        assert peak[f"{dtype}_matrix_size"] == 128
+        assert peak[f"{dtype}_gflops"] > 0 and peak[f"{dtype}_gflop_per_cpu_second"] > 0
 
 
 @pytest.mark.parametrize("name, arch", [

@@ -253,6 +253,30 @@ def test_outside_the_paper_presets_precision_follows_the_hardware():
         assert OmegaConf.to_container(cfg.trainer)["precision"] == precision
 
 
+@pytest.mark.parametrize(
+    ("flags", "isa_cap", "native"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, None, True),
+        ({"avx2", "amx_bf16"}, None, True),
+        ({"avx2", "fma"}, None, False),
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX2", False),  # an AVX2 machine emulated on a newer CPU
+        ({"avx2", "avx512f", "avx512_bf16"}, "avx512_core_vnni", False),
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX512_CORE_BF16", True),
+        ({"avx2", "amx_bf16"}, "AVX512_CORE_AMX", True),
+    ],
+)
+def test_native_bf16_follows_the_cpu_flags_and_the_onednn_isa_cap(monkeypatch, flags, isa_cap, native):
+    from zskt import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    if isa_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    assert hardware.cpu_has_native_bf16() is native
+    assert hardware.best_precision("cpu") == ("bf16-mixed" if native else "32-true")
+
+
 # ---------------------------------------------------------------------------- the data-free KD benchmark
 # its five pairs: name -> (teacher, student) as (family, depth, width or None); the README's order
 DATAFREE_PAIRS = {
