@@ -49,6 +49,15 @@ def test_the_matmul_peak_reports_both_dtypes_and_the_matrix_it_timed():
         assert peak[f"{dtype}_gflops"] > 0 and peak[f"{dtype}_gflop_per_cpu_second"] > 0
 
 
+def test_a_narrower_generator_costs_less_in_the_generator_step_only_and_the_module_agrees():
+    wide = bench.measure_plain_loop({**SPEC, "variant": "same_work", "generator_hidden": 64})
+    narrow = bench.measure_plain_loop({**SPEC, "variant": "same_work", "generator_hidden": 32})
+    assert narrow["phase_gflop"]["generator_step"] < wide["phase_gflop"]["generator_step"]
+    assert narrow["phase_gflop"]["student_steps"] == wide["phase_gflop"]["student_steps"]
+    module = bench.measure_zero_shot({**SPEC, "generator_hidden": 32})
+    assert module["gflop_per_iteration"] == pytest.approx(narrow["gflop_per_iteration"], abs=0.011)
+
+
 @pytest.mark.parametrize("name, arch", [
     ("40-2", {"family": "wrn", "depth": 40, "width": 2}),  # the spelling from before the families
     ("wrn-16-1", {"family": "wrn", "depth": 16, "width": 1}),
@@ -100,6 +109,50 @@ def test_the_bench_runs_a_pair_that_is_not_two_wrns(tmp_path, monkeypatch):
     # the study's loop trains WRNs only: no reference for this pair, and the JSON says why
     assert report["plain_loop_study"] is None and "WRN-only" in report["plain_loop_study_skipped"]
     assert summary["speedup_over_study_plain_loop"] is None
+
+
+def test_repeats_measure_the_compared_settings_in_turn_and_keep_each_ones_fastest_round(tmp_path, monkeypatch):
+    """With --repeats 2 the module, both plain loops and the matmul peak run round after round
+    (not all rounds of one, then the next), and each keeps its fastest round (the peak its highest)."""
+    calls = []
+    seconds = {("zero_shot", None): [5.0, 4.0], ("plain_loop", "same_work"): [4.5, 4.8], ("plain_loop", "study"): [7.0, 6.0]}
+    peaks = [100.0, 120.0]
+
+    def fake(kind, spec):
+        calls.append((kind, spec.get("variant")))
+        if kind == "matmul":
+            gflops = peaks.pop(0)
+            return {"float32_gflops": gflops, "float32_gflop_per_cpu_second": gflops / 2, "bfloat16_gflops": 2 * gflops,
+                    "bfloat16_gflop_per_cpu_second": gflops, "float32_matrix_size": 2048, "bfloat16_matrix_size": 2048}
+        per_iteration = seconds[(kind, spec.get("variant"))].pop(0)
+        return {"precision": "32-true", "seconds_per_iteration": per_iteration, "cpu_seconds_per_iteration": 2 * per_iteration,
+                "gflops_achieved": 400.0 / per_iteration, "gflop_per_cpu_second": 200.0 / per_iteration,
+                "phase_seconds": {"generator_step": 1.0, "teacher_forward": 0.2, "student_steps": 2.0,
+                                  "schedulers_and_logging": 0.01, "lightning_between_steps": 0.001},
+                "phase_gflop": {"generator_step": 200.0, "teacher_forward": 50.0, "student_steps": 200.0}}
+
+    monkeypatch.setattr(bench, "run_isolated", fake)
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--repeats", "2", "--precision", "32-true", "--out", str(out)])
+    one_round = [("zero_shot", None), ("plain_loop", "same_work"), ("plain_loop", "study"), ("matmul", None)]
+    assert calls == one_round + one_round
+    report = json.loads(out.read_text())
+    assert report["repeats"] == 2
+    assert report["default"]["seconds_per_iteration_each_round"] == [5.0, 4.0]
+    assert report["default"]["seconds_per_iteration"] == 4.0
+    assert report["plain_loop_same_work"]["seconds_per_iteration"] == 4.5
+    assert report["plain_loop_study"]["seconds_per_iteration"] == 6.0
+    assert report["matmul_peak"]["float32_gflops"] == 120.0
+    summary = report["where_the_time_goes"]
+    assert summary["speedup_over_study_plain_loop"] == pytest.approx(6.0 / 4.0, abs=1e-3)
+    assert summary["fraction_of_fp32_matmul_peak"] == pytest.approx(100.0 / 120.0, abs=1e-3)
+
+
+def test_repeats_below_one_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--repeats", "0", "--out", "/nonexistent/bench.json"])
+    assert exit_.value.code == 2
+    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_a_pair_whose_attention_points_do_not_pair_is_one_line_before_measuring(capsys):
