@@ -222,10 +222,11 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
 
 
 def test_a_shortened_demo_trains_its_teacher_and_learns_well_above_chance(tmp_path):
-    # the quick-start exactly, from an empty model zoo, cut from 220 to 100 iterations. Measured on
-    # the dev machine at iteration 100: 59.3 % with the current recipe; 56.0 % and 43.5 % with the
-    # earlier one (teachers trained on 1 and on 2 threads, whose float differences change the whole
-    # adversarial trajectory); chance is 10 %. 50 iterations were too few to be robust (22.6 % on CI).
+    # the quick-start exactly, from an empty model zoo, cut from 200 to 100 iterations. Measured on
+    # the dev machine at iteration 100 (2 threads): 72.4 % with the current recipe; 59.3 %, 56.0 % and
+    # 43.5 % with earlier ones (teachers trained on 1 and on 2 threads, whose float differences change
+    # the whole adversarial trajectory); chance is 10 %. 50 iterations were too few to be robust
+    # (22.6 % on CI).
     shortened = ["experiment=demo", "method.iterations=100", "method.eval_every=100"]
     results = zskt.run.execute(compose_cfg(tmp_path, shortened))
     assert (tmp_path / "outputs" / "models" / "digits" / "resnet-20-seed0.pt").is_file()
