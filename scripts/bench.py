@@ -550,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.generator_hidden < 2:  # its last hidden layer has hidden // 2 channels
+        parser.error(f"--generator-hidden must be at least 2, got {args.generator_hidden}")
     precision = best_precision() if args.precision == "auto" else args.precision
     base = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
             "n_student_steps": args.n_student_steps, "generator_hidden": args.generator_hidden, "iterations": args.iterations, "warmup": args.warmup}

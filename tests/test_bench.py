@@ -148,11 +148,13 @@ def test_repeats_measure_the_compared_settings_in_turn_and_keep_each_ones_fastes
     assert summary["fraction_of_fp32_matmul_peak"] == pytest.approx(100.0 / 120.0, abs=1e-3)
 
 
-def test_repeats_below_one_is_one_line_and_exit_2(capsys):
+@pytest.mark.parametrize("flag, value, says", [("--repeats", "0", "--repeats must be at least 1, got 0"),
+                                               ("--generator-hidden", "1", "--generator-hidden must be at least 2, got 1")])
+def test_a_count_out_of_range_is_one_line_and_exit_2(flag, value, says, capsys):
     with pytest.raises(SystemExit) as exit_:
-        bench.main(["--repeats", "0", "--out", "/nonexistent/bench.json"])
+        bench.main([flag, value, "--out", "/nonexistent/bench.json"])
     assert exit_.value.code == 2
-    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_a_pair_whose_attention_points_do_not_pair_is_one_line_before_measuring(capsys):
