@@ -176,7 +176,7 @@ def measure_zero_shot(spec: dict) -> dict:
 
     def build(iterations: int) -> ZeroShot:
         return configured_method(
-            ["method=zero_shot", f"generator.hidden={spec.get('generator_hidden', 128)}"], student=spec["student"],
+            ["method=zero_shot", f"generator.hidden={spec['generator_hidden']}"], student=spec["student"],
             teacher=build_network(spec["teacher"]), teacher_arch=spec["teacher"],
             iterations=iterations,
             batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
@@ -241,7 +241,7 @@ def measure_plain_loop(spec: dict) -> dict:
     student = build_network(spec["student"]).to(device, memory_format=fmt)
     teacher_points = AttentionPoints(teacher, default_attention_layers(spec["teacher"]), "teacher")
     student_points = AttentionPoints(student, default_attention_layers(spec["student"]), "student")
-    generator = Generator(z_dim=100, hidden=spec.get("generator_hidden", 128)).to(device, memory_format=fmt)
+    generator = Generator(z_dim=100, hidden=spec["generator_hidden"]).to(device, memory_format=fmt)
     opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
     total = spec["warmup"] + spec["iterations"]
@@ -513,8 +513,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="64,128,256",
                         help="comma-separated batch sizes for the cost-vs-batch sweep (default 64,128,256; '' skips it)")
     parser.add_argument("--n-student-steps", type=int, default=10, help="student steps per iteration (default 10)")
-    parser.add_argument("--generator-hidden", type=int, default=128,
-                        help="the generator's width, generator.hidden (default 128, the paper's; the demo's is 96)")
+    parser.add_argument("--generator-hidden", type=int, default=None,
+                        help="the generator's width, generator.hidden (default: conf/generator's, the paper's 128; "
+                             "the demo's is 96)")
     parser.add_argument("--iterations", type=int, default=3, help="timed zero-shot iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32-true", "bf16-mixed"),
@@ -550,6 +551,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.generator_hidden is None:  # the width a run gets: conf/generator, the one place it lives
+        from zskt.config import compose_config
+
+        args.generator_hidden = compose_config([]).generator.hidden
     if args.generator_hidden < 2:  # its last hidden layer has hidden // 2 channels
         parser.error(f"--generator-hidden must be at least 2, got {args.generator_hidden}")
     precision = best_precision() if args.precision == "auto" else args.precision

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
 
 SPEC = {"teacher": bench.parse_network("10-1"), "student": bench.parse_network("wrn-10-1"), "batch_size": 4,
-        "n_student_steps": 2, "iterations": 1, "warmup": 1, "precision": "32-true", "channels_last": True,
-        "compile": False}
+        "n_student_steps": 2, "generator_hidden": 128, "iterations": 1, "warmup": 1, "precision": "32-true",
+        "channels_last": True, "compile": False}
 
 
 def test_plain_loops_and_module_count_the_same_work_but_the_study_pays_the_teacher_twice():
