@@ -4,10 +4,11 @@
         [--csv summary.csv] [--json summary.json] [--plot summary.png] [--transitions curves.png]
         [--curves learning.png]
 
-Runs are grouped by (method, from, dataset, teacher, student, M, budget): `from` is the method of
-the model a run starts from (fine-tuning and belief matching, read from the results.json next to
-its student.checkpoint), `budget` the training length (so short test runs never mix with
-full-budget ones). Each group shows the final test accuracy (the headline) as mean ± sample
+Runs are grouped by (method, from, dataset, teacher, student, M, budget, precision): `from` is the
+method of the model a run starts from (fine-tuning and belief matching, read from the results.json
+next to its student.checkpoint), `budget` the training length (so short test runs never mix with
+full-budget ones), `precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two
+rows, and the table, plots and curves name the precision when the runs hold more than one). Each group shows the final test accuracy (the headline) as mean ± sample
 standard deviation (n - 1) over its runs (seeds), the best-of-evaluations accuracy (the best of
 the periodic test-set evaluations: test-set model selection, the number the originals report)
 in its own column, the count n, the mean wall time of a run, the images the student was trained
@@ -62,7 +63,7 @@ METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune
 NOTE = ("final = test accuracy at the end of training (the headline); best-of-evals = best of the periodic "
         "test-set evaluations (test-set model selection, the number the originals report); "
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
-CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "n", "seeds",
+CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "precision", "n", "seeds",
                "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
                "teacher_test_acc_mean", "paper", "study", "benchmark", "wall_time_s_mean",
                "student_images_mean")
@@ -76,7 +77,7 @@ class SummaryError(Exception):
 class Run:
     """One completed run, reduced to what the summary needs."""
 
-    key: tuple  # (method, from, dataset, teacher, student, m, budget)
+    key: tuple  # (method, from, dataset, teacher, student, m, budget, precision)
     seed: int | None
     test_acc: float | None
     best_test_acc: float | None
@@ -155,7 +156,7 @@ def load_run(path: Path) -> Run | Unfinished:
         return Unfinished(str(path.parent), str(results.get("status")), str(results.get("message", "")))
     budget = results.get("budget") or {}
     key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
-           arch(results["student"]), results.get("m"), budget_label(budget))
+           arch(results["student"]), results.get("m"), budget_label(budget), results.get("precision"))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
                (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
                budget.get("student_images"), budget.get("budget_scale", 1.0), path.parent,
@@ -209,7 +210,12 @@ def method_rank(method: str) -> int:
 def sort_key(row: dict) -> tuple:
     method = row["method"]
     return (row["dataset"], method_rank(method), method, row["from"] or "", row["teacher"] or "", row["student"],
-            row["m"] if row["m"] is not None else math.inf, row["budget"])
+            row["m"] if row["m"] is not None else math.inf, row["budget"], row["precision"] or "")
+
+
+def mixed_precision(rows: list[dict]) -> bool:
+    """Whether the rows hold runs of more than one precision (then every label names its precision)."""
+    return len({r["precision"] for r in rows}) > 1
 
 
 def mean_curve(curves: list[tuple]) -> list[tuple[int, float]]:
@@ -226,9 +232,10 @@ def summarize(runs: list[Run]) -> list[dict]:
         groups.setdefault(run.key, []).append(run)
     rows = []
     for key, members in groups.items():
-        method, start, dataset, teacher, student, m, budget = key
+        method, start, dataset, teacher, student, m, budget, precision = key
         row = {"method": method, "from": start, "dataset": dataset, "teacher": teacher, "student": student,
-               "m": m, "m_label": m_label(method, m), "budget": budget, "budget_scale": members[0].budget_scale,
+               "m": m, "m_label": m_label(method, m), "budget": budget, "precision": precision,
+               "budget_scale": members[0].budget_scale,
                "n": len(members),
                "seeds": sorted((r.seed for r in members if r.seed is not None))}
         for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "student_images"):
@@ -256,8 +263,10 @@ def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[di
     if any(r["from"] for r in rows):
         columns.append(("from", lambda r: r["from"] or ""))
     columns += [("dataset", lambda r: r["dataset"]), ("teacher", lambda r: r["teacher"] or "-"),
-                ("student", lambda r: r["student"]), ("M", lambda r: r["m_label"]), ("budget", lambda r: r["budget"]),
-                ("student images", lambda r: "-" if r["student_images_mean"] is None else f"{r['student_images_mean']:,.0f}"),
+                ("student", lambda r: r["student"]), ("M", lambda r: r["m_label"]), ("budget", lambda r: r["budget"])]
+    if mixed_precision(rows):
+        columns.append(("precision", lambda r: r["precision"] or "?"))
+    columns += [("student images", lambda r: "-" if r["student_images_mean"] is None else f"{r['student_images_mean']:,.0f}"),
                 ("n", lambda r: str(r["n"])),
                 ("final acc %", lambda r: cell(r["test_acc_mean"], r["test_acc_std"])),
                 ("best-of-evals acc % (test-set selection)", lambda r: cell(r["best_test_acc_mean"], r["best_test_acc_std"]))]
@@ -331,18 +340,20 @@ def write_json(rows: list[dict], unfinished: list[Unfinished], path: Path) -> No
 
 
 # ---------------------------------------------------------------------------- plot
-def series_label(row: dict) -> str:
+def series_label(row: dict, with_precision: bool = False) -> str:
     start = f" from {row['from']}" if row["from"] else ""
-    return f"{row['method']}{start}, {row['dataset']}, {row['teacher'] or 'no teacher'} → {row['student']}"
+    label = f"{row['method']}{start}, {row['dataset']}, {row['teacher'] or 'no teacher'} → {row['student']}"
+    return f"{label}, {row['precision'] or 'precision ?'}" if with_precision else label
 
 
 def networks_of(row: dict) -> tuple:
-    """What a Figure 2 line is drawn for, whatever its budget: (method, from, dataset, teacher, student)."""
-    return row["method"], row["from"], row["dataset"], row["teacher"], row["student"]
+    """What a Figure 2 line is drawn for, whatever its budget: (method, from, dataset, teacher, student,
+    precision)."""
+    return row["method"], row["from"], row["dataset"], row["teacher"], row["student"], row["precision"]
 
 
 def curve_series(rows: list[dict]) -> list[tuple[list[dict], list[dict]]]:
-    """Figure 2's lines: per (method, from, dataset, teacher, student, budget scale), its rows over M sorted
+    """Figure 2's lines: per (method, from, dataset, teacher, student, precision, budget scale), its rows over M sorted
     by M, and the full-data rows of the same method and networks (drawn once, with its first line). A
     longer run at the same M (a larger method.budget_scale) is a line of its own, not a point of this one."""
     lines: dict[tuple, list[dict]] = {}
@@ -361,14 +372,15 @@ def curve_series(rows: list[dict]) -> list[tuple[list[dict], list[dict]]]:
 def draw_curves(ax, rows: list[dict], paper: bool) -> None:
     """Figure 2: test accuracy vs M, one line per series, std error bars; full data dashed, zero-shot dotted."""
     drawn, marked, colors = set(), set(), itertools.cycle([f"C{i}" for i in range(10)])
+    named = mixed_precision(rows)
     for points, full_rows in curve_series(rows):
         color = next(colors)
         scale = points[0]["budget_scale"]
         xs, ys = [r["m"] for r in points], [r["test_acc_mean"] for r in points]
         ax.errorbar(xs, ys, yerr=[r["test_acc_std"] or 0.0 for r in points], marker="o", capsize=3, color=color,
-                    label=series_label(points[0]) + ("" if scale == 1.0 else f", budget ×{scale:g}"))
+                    label=series_label(points[0], named) + ("" if scale == 1.0 else f", budget ×{scale:g}"))
         for full in full_rows:
-            ax.axhline(full["test_acc_mean"], color=color, linestyle="--", label=f"{series_label(full)}, full data")
+            ax.axhline(full["test_acc_mean"], color=color, linestyle="--", label=f"{series_label(full, named)}, full data")
         if paper and networks_of(points[0]) not in marked:  # the published crosses once per method and networks
             marked.add(networks_of(points[0]))
             marks = [(r["m"], r["study"] if r["study"] is not None else r["paper"]) for r in points]
@@ -379,7 +391,7 @@ def draw_curves(ax, rows: list[dict], paper: bool) -> None:
     for row in rows:
         if row["method"] in ZERO_SHOT and (row["dataset"], row["student"]) in drawn:
             ax.axhline(row["test_acc_mean"], linestyle=":", color=next(colors),
-                       label=f"{series_label(row)} (M = 0, {row['budget']})")
+                       label=f"{series_label(row, named)} (M = 0, {row['budget']})")
     if not drawn:
         ax.text(0.5, 0.5, "no runs over M (few-shot sweeps) to draw", ha="center", va="center", transform=ax.transAxes)
     title = "Test accuracy vs M (images per class); error bars: sample std over seeds"
@@ -491,11 +503,12 @@ def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> N
 
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = itertools.cycle([f"C{i}" for i in range(10)])
+    named = mixed_precision(rows)
     for row in (r for r in rows if r["curve"]):
         color = next(colors)
         images, accuracy = zip(*row["curve"])
         m = "" if row["method"] in ZERO_SHOT else f", {m_label(row['method'], row['m'])}"
-        ax.plot(images, accuracy, marker="o", color=color, label=f"{series_label(row)}{m} (n={row['n']})")
+        ax.plot(images, accuracy, marker="o", color=color, label=f"{series_label(row, named)}{m} (n={row['n']})")
         published_value = row["study"] if row["study"] is not None else row["paper"]
         full = full_budget_images(row["method"], row["dataset"], row["m"])
         if paper and published_value is not None and full is not None:

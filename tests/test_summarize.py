@@ -347,6 +347,26 @@ def test_learning_curves_average_the_runs_evaluations_and_plot(tmp_path):
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_the_same_recipe_in_two_precisions_is_two_rows_each_named(tmp_path):
+    sweep = tmp_path / "sweep"
+    for precision, accuracies in (("32-true", (10.0, 39.0)), ("bf16-mixed", (11.0, 30.0))):
+        evaluations = [{"epoch": i + 1, "student_images": 128_000 * (i + 1), "test_acc": a} for i, a in enumerate(accuracies)]
+        write_run(sweep / precision, method="zero_shot", m=None, precision=precision, test_acc=accuracies[-1],
+                  best_test_acc=accuracies[-1], budget={"iterations": 2000, "budget_scale": 1.0}, evaluations=evaluations)
+    rows = summarize.summarize(summarize.find_runs([sweep])[0])
+    assert [(r["precision"], r["n"], r["test_acc_mean"]) for r in rows] == [("32-true", 1, 39.0), ("bf16-mixed", 1, 30.0)]
+    assert summarize.mixed_precision(rows)
+    assert [summarize.series_label(r, True).rsplit(", ", 1)[1] for r in rows] == ["32-true", "bf16-mixed"]
+    text = summarize.markdown(rows, [])
+    assert "| precision |" in text and "| 2000 it | 32-true | - | 1 | 39.00 |" in text
+    assert "same seed more than once" not in text  # not one group holding seed 0 twice
+    assert "| precision |" not in summarize.markdown(rows[:1], [])  # one precision: no column
+    out = tmp_path / "s.csv"
+    assert summarize.main([str(sweep), "--csv", str(out), "--curves", str(tmp_path / "c.png")]) == 0
+    with out.open() as handle:
+        assert [r["precision"] for r in csv.DictReader(handle)] == ["32-true", "bf16-mixed"]
+
+
 def test_full_budgets_follow_spec_section_4():
     from paper_numbers import full_budget_images
 
