@@ -84,6 +84,11 @@ def test_starting_accuracy_is_recorded_next_to_final_and_best(finetuned, zero_sh
     assert results["start_test_acc"] == pytest.approx(evaluated["test_acc"], abs=1e-3)
     assert results["best_test_acc"] >= results["test_acc"]
     assert results["m"] == 5 and results["budget"] == {"epochs": 3, "budget_scale": 1.0, "student_images": 3 * 10 * 5}
+    # every periodic evaluation of the fit is recorded, and best-of-evaluations is their best (it was the
+    # final test alone: the fit's validation loop was mistaken for the measurement before the fit)
+    assert [(e["epoch"], e["student_images"]) for e in results["evaluations"]] == [(1, 50), (2, 100), (3, 150)]
+    assert results["best_test_acc"] == pytest.approx(max(e["test_acc"] for e in results["evaluations"]
+                                                         + [{"test_acc": results["test_acc"]}]), abs=1e-3)
 
 
 def test_teacher_is_the_one_recorded_in_the_students_model_pt(finetuned, zero_shot_student, tmp_path):

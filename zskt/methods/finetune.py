@@ -88,7 +88,8 @@ class Finetune(DistillationModule):
         self.anchored.fill_(True)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.validating:  # a periodic evaluation during the fit
+        # trainer.validating is also true in the fit's own validation loop: the entry point tells them apart
+        if self.trainer.state.fn == "fit":  # a periodic evaluation during the fit
             super().on_validation_epoch_end()
             return
         # trainer.validate before the fit: the starting student's accuracy, not an evaluation of the fine-tune
