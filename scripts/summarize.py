@@ -8,8 +8,9 @@ Runs are grouped by (method, from, dataset, teacher, student, M, budget, precisi
 method of the model a run starts from (fine-tuning and belief matching, read from the results.json
 next to its student.checkpoint), `budget` the training length (so short test runs never mix with
 full-budget ones), `precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two
-rows, and the table, plots and curves name the precision when the runs hold more than one). Each group shows the final test accuracy (the headline) as mean ± sample
-standard deviation (n - 1) over its runs (seeds), the best-of-evaluations accuracy (the best of
+rows, and the table, plots and curves name the precision when the runs hold more than one). Each
+group shows the final test accuracy (the headline) as mean ± sample standard deviation (n - 1)
+over its runs (seeds), the best-of-evaluations accuracy (the best of
 the periodic test-set evaluations: test-set model selection, the number the originals report)
 in its own column, the count n, the mean wall time of a run, the images the student was trained
 on (results.json's budget.student_images: the unit that puts methods on equal compute), and for belief matching (method abm)
