@@ -7,7 +7,7 @@
 Runs are grouped by (method, from, dataset, teacher, student, M, budget, precision): `from` is the
 method of the model a run starts from (fine-tuning and belief matching, read from the results.json
 next to its student.checkpoint), `budget` the training length (so short test runs never mix with
-full-budget ones), `precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two
+full-budget ones; for zero-shot also the student images per iteration, so batch sizes never mix), `precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two
 rows, and the table, plots and curves name the precision when the runs hold more than one). Each
 group shows the final test accuracy (the headline) as mean ± sample standard deviation (n - 1)
 over its runs (seeds), the best-of-evaluations accuracy (the best of
@@ -38,6 +38,7 @@ Exit status 2 with one line on stderr when a DIR does not exist or holds no resu
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import itertools
 import json
@@ -115,11 +116,15 @@ def arch(node: dict | None) -> str | None:
 
 
 def budget_label(budget: dict | None) -> str:
-    """'80000 it', '200 ep', '2 ep ×0.01' (a scaled-down budget), 'K 100, N 1000' (belief matching: its
-    steps and images, so a short evaluation never joins a full one); '-' when the budget says nothing."""
+    """'80000 it, 1280 img/it' (zero-shot: its iterations and the student images of each, so runs of
+    one length at different batch sizes never join), '200 ep', '2 ep ×0.01' (a scaled-down budget),
+    'K 100, N 1000' (belief matching: its steps and images, so a short evaluation never joins a full
+    one); '-' when the budget says nothing."""
     budget = budget or {}
     if "iterations" in budget:
         text = f"{budget['iterations']} it"
+        if budget.get("student_images") and budget["iterations"]:
+            text += f", {budget['student_images'] // budget['iterations']} img/it"
     elif "epochs" in budget:
         text = f"{budget['epochs']} ep"
     elif "n_images" in budget:
@@ -494,6 +499,20 @@ def plot_transitions(groups: list[tuple[dict, int, list[float], list[float]]], p
 
 
 # ---------------------------------------------------------------------------- command line
+def curve_labels(rows: list[dict]) -> list[str]:
+    """The learning-curve legend of each row: its networks, M, and its budget where another row has the
+    same method, networks and M (a batch-size or schedule-length comparison), and the precision when
+    the rows hold more than one."""
+    named = mixed_precision(rows)
+    lines = collections.Counter((networks_of(r), r["m"]) for r in rows)
+    labels = []
+    for row in rows:
+        m = "" if row["method"] in ZERO_SHOT else f", {m_label(row['method'], row['m'])}"
+        budget = f", {row['budget']}" if lines[(networks_of(row), row["m"])] > 1 else ""
+        labels.append(f"{series_label(row, named)}{m}{budget} (n={row['n']})")
+    return labels
+
+
 def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> None:
     """Test accuracy against the images the student trained on (log scale), one line per group with a
     learning curve; with `paper`, the published figure of the same row marked (x) at SPEC's full budget."""
@@ -504,12 +523,11 @@ def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> N
 
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = itertools.cycle([f"C{i}" for i in range(10)])
-    named = mixed_precision(rows)
-    for row in (r for r in rows if r["curve"]):
+    curves = [r for r in rows if r["curve"]]
+    for row, label in zip(curves, curve_labels(curves)):
         color = next(colors)
         images, accuracy = zip(*row["curve"])
-        m = "" if row["method"] in ZERO_SHOT else f", {m_label(row['method'], row['m'])}"
-        ax.plot(images, accuracy, marker="o", color=color, label=f"{series_label(row, named)}{m} (n={row['n']})")
+        ax.plot(images, accuracy, marker="o", color=color, label=label)
         published_value = row["study"] if row["study"] is not None else row["paper"]
         full = full_budget_images(row["method"], row["dataset"], row["m"])
         if paper and published_value is not None and full is not None:

@@ -367,6 +367,28 @@ def test_the_same_recipe_in_two_precisions_is_two_rows_each_named(tmp_path):
         assert [r["precision"] for r in csv.DictReader(handle)] == ["32-true", "bf16-mixed"]
 
 
+def test_zero_shot_runs_of_one_length_at_two_batch_sizes_are_two_rows_named_in_the_curves(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, images, seed, accuracies in (("b64_s0", 640_000, 0, (12.0, 30.0)), ("b64_s1", 640_000, 1, (10.0, 26.0)),
+                                           ("b128_s0", 1_280_000, 0, (11.0, 35.0))):
+        evaluations = [{"epoch": i + 1, "student_images": images // 2 * (i + 1), "test_acc": a}
+                       for i, a in enumerate(accuracies)]
+        write_run(sweep / name, method="zero_shot", m=None, seed=seed, test_acc=accuracies[-1],
+                  best_test_acc=accuracies[-1], evaluations=evaluations,
+                  budget={"iterations": 1000, "budget_scale": 1.0, "student_images": images})
+    rows = summarize.summarize(summarize.find_runs([sweep])[0])
+    assert [(r["budget"], r["n"], r["test_acc_mean"]) for r in rows] == [
+        ("1000 it, 1280 img/it", 1, 35.0), ("1000 it, 640 img/it", 2, 28.0)]
+    assert rows[1]["curve"] == [(320_000, 11.0), (640_000, 28.0)]  # the mean over its two seeds
+    labels = summarize.curve_labels(rows)
+    assert labels == ["zero_shot, cifar10, WRN-40-2 → WRN-16-1, 1000 it, 1280 img/it (n=1)",
+                      "zero_shot, cifar10, WRN-40-2 → WRN-16-1, 1000 it, 640 img/it (n=2)"]
+    assert summarize.curve_labels(rows[:1]) == ["zero_shot, cifar10, WRN-40-2 → WRN-16-1 (n=1)"]  # alone: no budget
+    assert summarize.budget_label({"iterations": 800, "budget_scale": 0.01, "student_images": 256_000}) == \
+        "800 it, 320 img/it ×0.01"
+    assert summarize.main([str(sweep), "--curves", str(tmp_path / "c.png")]) == 0
+
+
 def test_full_budgets_follow_spec_section_4():
     from paper_numbers import full_budget_images
 
