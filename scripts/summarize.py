@@ -7,14 +7,14 @@
 Runs are grouped by (method, from, dataset, teacher, student, M, budget, precision): `from` is the
 method of the model a run starts from (fine-tuning and belief matching, read from the results.json
 next to its student.checkpoint), `budget` the training length (so short test runs never mix with
-full-budget ones; for zero-shot also the student images per iteration, so batch sizes never mix), `precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two
-rows, and the table, plots and curves name the precision when the runs hold more than one). Each
-group shows the final test accuracy (the headline) as mean ± sample standard deviation (n - 1)
-over its runs (seeds), the best-of-evaluations accuracy (the best of
-the periodic test-set evaluations: test-set model selection, the number the originals report)
-in its own column, the count n, the mean wall time of a run, the images the student was trained
-on (results.json's budget.student_images: the unit that puts methods on equal compute), and for belief matching (method abm)
-the mean transition error.
+full-budget ones; for zero-shot also the student images per iteration, so batch sizes never mix),
+`precision` the Trainer's (fp32 and bf16-mixed runs of the same recipe are two rows, and the table,
+plots and curves name the precision when the runs hold more than one). Each group shows the final
+test accuracy (the headline) as mean ± sample standard deviation (n - 1) over its runs (seeds), the
+best-of-evaluations accuracy (the best of the periodic test-set evaluations: test-set model
+selection, the number the originals report) in its own column, the count n, the mean wall time of a
+run, the images the student was trained on (results.json's budget.student_images: the unit that puts
+methods on equal compute), and for belief matching (method abm) the mean transition error.
 Runs without a results.json (still running, or crashed) and runs whose status is not
 "completed" are listed in a section of their own.
 
@@ -498,7 +498,6 @@ def plot_transitions(groups: list[tuple[dict, int, list[float], list[float]]], p
     fig.savefig(path, dpi=110)
 
 
-# ---------------------------------------------------------------------------- command line
 def curve_labels(rows: list[dict]) -> list[str]:
     """The learning-curve legend of each row: its networks, M, and its budget where another row has the
     same method, networks and M (a batch-size or schedule-length comparison), and the precision when
@@ -542,6 +541,7 @@ def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> N
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="summarize.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
