@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed zero-shot iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32-true", "bf16-mixed"),
-                        help="precision of the default setting and the plain loops (auto: the package's choice for this machine)")
+                        help="precision of the default setting and the plain loops (auto: what method=zero_shot resolves to here)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile in the default setting")
     parser.add_argument("--scratch-images", type=int, default=50000,
                         help="images in the scratch-epoch measurement (default 50000, CIFAR-10's train set; 0 skips it)")
@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from zskt.hardware import best_precision, cpu_has_native_bf16
+    from zskt.config import compose_config
+    from zskt.hardware import cpu_has_native_bf16
     from zskt.models.families import name_of
 
     try:
@@ -552,12 +553,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.generator_hidden is None:  # the width a run gets: conf/generator, the one place it lives
-        from zskt.config import compose_config
-
         args.generator_hidden = compose_config([]).generator.hidden
     if args.generator_hidden < 2:  # its last hidden layer has hidden // 2 channels
         parser.error(f"--generator-hidden must be at least 2, got {args.generator_hidden}")
-    precision = best_precision() if args.precision == "auto" else args.precision
+    # auto: the precision `python -m zskt.run method=zero_shot` resolves to on this machine
+    precision = compose_config(["method=zero_shot"]).trainer.precision if args.precision == "auto" else args.precision
     base = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
             "n_student_steps": args.n_student_steps, "generator_hidden": args.generator_hidden, "iterations": args.iterations, "warmup": args.warmup}
     default = {**base, "precision": precision, "channels_last": True, "compile": args.compile}

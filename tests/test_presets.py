@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -242,15 +243,74 @@ def test_paper_presets_run_in_fp32_unless_the_command_line_says_otherwise(preset
         assert job_config(preset, job).trainer.precision == "32-true"
 
 
-def test_outside_the_paper_presets_precision_follows_the_hardware():
-    # the bare config picks the machine's fastest correct precision; the demo pins fp32 so that its
-    # README figures hold on every machine (a CPU with native bf16 would otherwise pick bf16-mixed)
-    expected = {None: "${zskt_precision:${trainer.accelerator}}", "demo": "32-true"}
+def test_outside_the_paper_presets_precision_follows_the_method_and_the_hardware():
+    # the bare config asks the resolver (method, device); the demo pins fp32 so that its README
+    # figures hold on every machine
+    expected = {None: "${zskt_precision:${trainer.accelerator},${method.name},[scratch,kd_at]}", "demo": "32-true"}
     for preset, precision in expected.items():
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"experiment={preset}"] if preset else [])
         assert OmegaConf.to_container(cfg.trainer)["precision"] == precision
+
+
+def resolved_precision(*overrides: str) -> str:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides)).trainer.precision
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_zero_shot_methods_run_in_fp32_even_where_bf16_is_native(monkeypatch, native):
+    # a bf16 zero-shot student stayed at chance where fp32 learned (docs/RESULTS.md, Precision): the
+    # zero-shot methods default to fp32 on every device; scratch and KD+AT, measured to learn as well
+    # in bf16, take it where it is native; an explicit trainer.precision always wins
+    from zskt import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"} if native else {"avx2"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    fast = "bf16-mixed" if native else "32-true"
+    expected = {"zero_shot": "32-true", "zero_shot_modified": "32-true", "scratch": fast, "kd_at": fast,
+                "finetune": "32-true", "evaluate": "32-true", "abm": "32-true"}
+    for method, precision in expected.items():
+        assert resolved_precision(f"method={method}") == precision, method
+        assert resolved_precision(f"method={method}", "trainer.precision=bf16-mixed") == "bf16-mixed"
+        assert resolved_precision(f"method={method}", "trainer.precision=32-true") == "32-true"
+
+
+@pytest.mark.parametrize(("hardware_bf16", "emulated_bf16"), [(True, True), (False, True), (False, False)])
+def test_gpu_bf16_means_bf16_in_hardware_not_emulated(monkeypatch, hardware_bf16, emulated_bf16):
+    # torch.cuda.is_bf16_supported() says True on GPUs that only emulate bf16 (V100, T4): slower, not faster
+    from zskt import hardware
+
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: hardware_bf16 or (including_emulation and emulated_bf16))
+    expected = "bf16-mixed" if hardware_bf16 else "32-true"
+    assert hardware.best_precision("gpu", "kd_at", ["scratch", "kd_at"]) == expected
+    assert hardware.best_precision("auto", "zero_shot", ["scratch", "kd_at"]) == "32-true"
+
+
+def test_tf32_is_a_config_key_that_sets_both_torch_switches():
+    from zskt import hardware
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        hardware.set_tf32(True)
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+        hardware.set_tf32(False)
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("highest", False)
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+    assert resolved_tf32() is False
+
+
+def resolved_tf32() -> bool:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=["method=zero_shot"]).tf32
 
 
 @pytest.mark.parametrize(
@@ -274,7 +334,8 @@ def test_native_bf16_follows_the_cpu_flags_and_the_onednn_isa_cap(monkeypatch, f
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
     assert hardware.cpu_has_native_bf16() is native
-    assert hardware.best_precision("cpu") == ("bf16-mixed" if native else "32-true")
+    assert hardware.best_precision("cpu", "kd_at", ["kd_at"]) == ("bf16-mixed" if native else "32-true")
+    assert hardware.best_precision("cpu", "zero_shot", ["kd_at"]) == "32-true"
 
 
 # ---------------------------------------------------------------------------- the data-free KD benchmark

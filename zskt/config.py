@@ -38,7 +38,7 @@ def zoo_path(models: str, dataset: str, network: str, seed: int) -> str:
 
 
 def register_resolvers() -> None:
-    """Make `${zskt_precision:<accelerator>}` and `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
+    """Make `${zskt_precision:<accelerator>,<method>,<bf16 methods>}` and `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
     available to the configs."""
     if not OmegaConf.has_resolver("zskt_precision"):
         OmegaConf.register_new_resolver("zskt_precision", best_precision)

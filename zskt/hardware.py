@@ -1,8 +1,10 @@
-"""Choosing the fastest correct numeric precision for the machine a run lands on."""
+"""Choosing a run's numeric precision: bf16-mixed only where the device runs it natively and a
+measurement proved the method learns as well in it; fp32 everywhere else."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,9 +36,24 @@ def cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def best_precision(accelerator: str = "auto") -> str:
-    """`bf16-mixed` where the chosen device runs bf16 natively, else `32-true`."""
+def native_bf16(accelerator: str = "auto") -> bool:
+    """True when the device a run lands on computes bf16 natively: a GPU that has it in hardware
+    (not emulated: `including_emulation=False`), or a CPU with AVX-512 BF16 or AMX."""
     wants_gpu = accelerator in ("auto", "gpu", "cuda")
     if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_has_native_bf16()
+
+
+def best_precision(accelerator: str = "auto", method: str | None = None, bf16_methods: Sequence[str] = ()) -> str:
+    """`bf16-mixed` for a method in `bf16_methods` (those a measurement proved to learn as well in
+    bf16 as in fp32) on a device with native bf16, else `32-true`."""
+    return "bf16-mixed" if method in bf16_methods and native_bf16(accelerator) else "32-true"
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let fp32 matmuls and cuDNN convolutions run in TF32 on GPUs that have it (`enabled`), or keep
+    them in full fp32. PyTorch's own default lets cuDNN convolutions use TF32, so an "fp32" run on
+    an Ampere-or-newer GPU is not fp32 unless this says so."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -28,6 +28,7 @@ from zskt.callbacks import Diverged
 from zskt.checkpoints import load_model
 from zskt.config import check_overrides, instantiate_node, is_multirun, resolve_config
 from zskt.errors import UserError
+from zskt.hardware import set_tf32
 from zskt.models import families
 from zskt.rundir import check_resume, disk_full, disk_full_message, lock_run_dir, releases_run_dir_locks
 from zskt.sweep import log_final_hparams
@@ -88,6 +89,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
 
     # the parts: data, the student's starting weights, the teacher, the method, the trainer
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    set_tf32(cfg.tf32)
     method_cls = get_class(cfg.method._target_)
     datamodule = instantiate_node(cfg.dataset, "dataset")
     datamodule.prepare_data()  # here, not by the Trainer: the class count sizes the networks before it exists

@@ -119,7 +119,7 @@ def _parse_m(value: Any) -> None:
 # Every numeric or on/off option of conf/method/*.yaml, conf/dataset/*.yaml and the top level,
 # by section. tests/test_validation.py walks the config files and fails on an option missing here.
 RULES: dict[str, dict[str, Any]] = {
-    "": {"seed": SEED, "resume": FLAG, "channels_last": FLAG, "compile": FLAG},
+    "": {"seed": SEED, "resume": FLAG, "channels_last": FLAG, "compile": FLAG, "tf32": FLAG},
     "checkpoint": {"allow_unsafe": FLAG},
     "teacher": {"seed": SEED, "train_if_missing": FLAG,
                 "epochs": Number("a positive integer or null", integer=True, low=1, optional=True)},
@@ -142,6 +142,7 @@ RULES: dict[str, dict[str, Any]] = {
         "noise_seed": SEED,
         "collapse_class_share": Number("a number above 0 and at most 1, or null (never warn)", low=0, high=1, open_low=True,
                                     optional=True),
+        "restart_collapsed_generator": FLAG,
         "generator": {"z_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "negative_slope": NON_NEGATIVE},
         # SGD and Adam recipes
         "lr": POSITIVE,
