@@ -23,8 +23,10 @@ one just the remainder, so the run stops after exactly `iterations` iterations. 
 also records two means over the block's generated batches: the teacher's top-class probability
 and the share of a batch in its most frequent teacher class. At a share of `collapse_class_share`
 or more, from the second evaluation on, the generator has collapsed onto a class or two (the
-student then learns little beyond them), and the run says so once. Under manual
-optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
+student then learns little beyond them), and the run says so once; with
+`restart_collapsed_generator` it instead re-initialises the generator and its optimiser there
+and goes on (not in the paper's algorithm: an opt-in guard, off in the paper presets). Under
+manual optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         channels_last: bool,
         compile: bool,
         collapse_class_share: float | None = None,
+        restart_collapsed_generator: bool = False,
     ) -> None:
         super().__init__(name, student, teacher, channels_last, compile)
         if student_batch not in STUDENT_BATCHES:
@@ -97,7 +100,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                            ("n_student_steps", n_student_steps), ("eval_every", eval_every), ("iterations", iterations),
                            ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
                            ("temperature", temperature), ("grad_clip", grad_clip),
-                           ("collapse_class_share", collapse_class_share)):
+                           ("collapse_class_share", collapse_class_share),
+                           ("restart_collapsed_generator", restart_collapsed_generator)):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
@@ -203,15 +207,46 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.teacher_confidence.reset()
         self.top_class_share.reset()
         self.evaluations[-1].update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
-        self.report_collapse()
+        if self.hparams.restart_collapsed_generator:
+            self.restart_if_collapsed()
+        else:
+            self.report_collapse()
+
+    def collapsed(self, share: float) -> bool:
+        """Whether an evaluation block with this mean class share counts as collapsed: at or above the
+        threshold, and not the first block (from random weights a generator's batches often fall mostly
+        in a class or two before they spread out)."""
+        threshold = self.hparams.collapse_class_share
+        return threshold is not None and len(self.evaluations) > 1 and share >= threshold
+
+    def restart_if_collapsed(self) -> None:
+        """Re-initialise the generator and its Adam state when the block just evaluated was collapsed:
+        its loss (-KL) has no slope left to climb there. The new weights come from a seed fixed by the
+        run's noise seed and the iteration, so every DDP rank draws the same ones and a resumed run
+        repeats them; the student, the schedules and the noise stream go on."""
+        evaluation = self.evaluations[-1]
+        if not self.collapsed(evaluation["top_class_share"]):
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hparams.noise_seed * 1_000_003 + self.iteration)
+            fresh = Generator(**self.hparams.generator)
+        self.generator.load_state_dict(fresh.state_dict())
+        self.trainer.optimizers[0].state.clear()  # the generator's Adam moments belong to the old weights
+        evaluation["generator_restarted"] = True
+        if self.trainer.is_global_zero:
+            log.warning(f"zskt: the generator collapsed by iteration {self.iteration} ({evaluation['top_class_share']:.0%} "
+                        "of a generated batch in one teacher class over the evaluation block): re-initialised it and "
+                        "its optimiser (method.restart_collapsed_generator=true)")
+
+    def extra_results(self) -> dict:
+        return {"generator_restarts": sum(1 for e in self.evaluations if e.get("generator_restarted"))}
 
     def report_collapse(self) -> None:
         """Say once when the generated batches look collapsed (see the module docstring): at the first
         evaluation whose class share reaches the threshold. Read from `evaluations`, which the checkpoint
         keeps, so a resumed run does not say it again."""
         threshold = self.hparams.collapse_class_share
-        # not on the first block: from random weights a generator's batches often fall mostly in a class
-        # or two before they spread out (0.51-0.68 over the first 50 demo iterations of runs that learned)
+        # not on the first block (see `collapsed`)
         shares = [e["top_class_share"] for e in self.evaluations[1:] if "top_class_share" in e]
         if threshold is None or not shares or shares[-1] < threshold or any(s >= threshold for s in shares[:-1]):
             return
