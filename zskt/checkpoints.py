@@ -30,9 +30,10 @@ MODEL_FORMATS = ("zskt-wrn-1", MODEL_FORMAT)  # the first held WRNs only (an arc
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, *, dataset: str, mean, std, method: str,
-               teacher: dict | None = None, arch: dict | None = None) -> None:
+               teacher: dict | None = None, arch: dict | None = None, run: dict | None = None) -> None:
     """Save a trained network with everything needed to use it elsewhere without extra flags.
-    `arch`: its description (zskt.models.families); a WideResNet knows its own."""
+    `arch`: its description (zskt.models.families); a WideResNet knows its own. `run`: which run
+    made it (a model zoo entry records its results.json, accuracy and budget)."""
     if arch is None:
         arch = {"family": "wrn", **model.arch}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -45,6 +46,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *, dataset: str,
             "std": [float(x) for x in std],
             "method": method,
             "teacher": teacher,
+            **({"run": run} if run is not None else {}),
             "state_dict": state,
         },
         path,

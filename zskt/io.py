@@ -16,12 +16,22 @@ from typing import IO, Any
 import torch
 
 
+def umask_mode() -> int:
+    """The mode a new file gets under the process's umask (0o644 under umask 022)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary file in the same folder, then rename into place."""
+    """Write through a temporary file in the same folder, then rename into place. The file gets
+    the mode the umask gives, as a plain `open` would: mkstemp's temporary file is 0600, and a
+    team sharing results or teachers on a cluster must be able to read them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

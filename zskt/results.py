@@ -73,14 +73,22 @@ def write_start(cfg: DictConfig, output_dir: Path, datamodule) -> None:
 
 
 def save_student(cfg: DictConfig, output_dir: Path, module: pl.LightningModule, datamodule,
-                 teacher_info: dict | None) -> None:
-    """The trained student as model.pt; a full-data scratch model is also published to the model zoo."""
+                 teacher_info: dict | None, done: dict) -> None:
+    """The trained student as model.pt; a full-data scratch model is also published to the model zoo,
+    recording the run that made it, unless the zoo already holds that file (`overwrite_zoo=true`
+    replaces it): a smoke test must not silently replace the teacher later runs learn from."""
     describe = {"dataset": datamodule.name, "mean": datamodule.mean, "std": datamodule.std, "method": cfg.method.name}
     arch = module.student_arch
     save_model(module.student, output_dir / MODEL_FILE, teacher=teacher_info, arch=arch, **describe)
-    if cfg.method.name == "scratch" and datamodule.m is None:
-        save_model(module.student, zoo_path(cfg.paths.models, datamodule.name, slug_of(arch), cfg.seed),
-                   arch=arch, **describe)
+    if cfg.method.name != "scratch" or datamodule.m is not None:
+        return
+    zoo = Path(zoo_path(cfg.paths.models, datamodule.name, slug_of(arch), cfg.seed))
+    if zoo.exists() and not cfg.overwrite_zoo:
+        log.warning(f"zskt: the model zoo already holds {zoo}: kept it (overwrite_zoo=true replaces it); "
+                    f"this run's model is {output_dir / MODEL_FILE}")
+        return
+    made_by = {"results": str((output_dir / RESULTS).resolve()), "test_acc": done["test_acc"], "budget": done["budget"]}
+    save_model(module.student, zoo, arch=arch, run=made_by, **describe)
 
 
 def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, datamodule, tested: dict,

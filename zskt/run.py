@@ -135,7 +135,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     done = results.collect(cfg, module, trainer, datamodule, tested, teacher_info, time.perf_counter() - start)
     if trainer.is_global_zero:
         if method_cls.trains:
-            results.save_student(cfg, output_dir, module, datamodule, teacher_info)
+            results.save_student(cfg, output_dir, module, datamodule, teacher_info, done)
         log_final_hparams(trainer, cfg, done)
         results.write_results(done, output_dir)
     return done

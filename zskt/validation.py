@@ -119,7 +119,7 @@ def _parse_m(value: Any) -> None:
 # Every numeric or on/off option of conf/method/*.yaml, conf/dataset/*.yaml and the top level,
 # by section. tests/test_validation.py walks the config files and fails on an option missing here.
 RULES: dict[str, dict[str, Any]] = {
-    "": {"seed": SEED, "resume": FLAG, "channels_last": FLAG, "compile": FLAG, "tf32": FLAG},
+    "": {"seed": SEED, "resume": FLAG, "overwrite_zoo": FLAG, "channels_last": FLAG, "compile": FLAG, "tf32": FLAG},
     "checkpoint": {"allow_unsafe": FLAG},
     "teacher": {"seed": SEED, "train_if_missing": FLAG,
                 "epochs": Number("a positive integer or null", integer=True, low=1, optional=True)},
