@@ -1,4 +1,4 @@
-"""The published numbers of SPEC section 5, as data for `summarize.py --paper`.
+"""The published numbers of docs/method.md#published-numbers, as data for `summarize.py --paper`.
 
 Each entry is keyed like a summary row: (method, from, dataset, teacher, student, m, metric).
 `from` is the method of the model a run starts from (fine-tuning, belief matching), `m` is
@@ -115,8 +115,8 @@ def _entries() -> dict[Key, dict[str, Value]]:
 PUBLISHED: dict[Key, dict[str, Value]] = _entries()
 
 
-# SPEC section 4's full budgets, in images the student takes optimiser steps on (results.json's
-# budget.student_images): where a learning curve measured at a smaller budget would have to reach
+# The published runs' full budgets (docs/method.md#hyperparameters), in images the student takes optimiser
+# steps on (results.json's budget.student_images): where a learning curve measured at a smaller budget would have to reach
 FULL_EPOCHS = {"cifar10": 200, "svhn": 100}
 TRAIN_IMAGES_PER_CLASS = 5000                       # the "5000" of the few-shot epoch formula
 ZERO_SHOT_ITERATIONS = {("zero_shot", "cifar10"): 80_000, ("zero_shot", "svhn"): 50_000,

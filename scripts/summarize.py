@@ -18,7 +18,7 @@ methods on equal compute), and for belief matching (method abm) the mean transit
 Runs without a results.json (still running, or crashed) and runs whose status is not
 "completed" are listed in a section of their own.
 
---paper adds the published numbers of SPEC section 5 (scripts/paper_numbers.py) beside each
+--paper adds the published numbers of docs/method.md#published-numbers (scripts/paper_numbers.py) beside each
 row where one exists: the paper's, the reproducibility study's and, for the data-free KD benchmark's
 networks (experiment=datafree_cifar10 / datafree_cifar100 / datafree_teachers), that benchmark's
 (the Fast-Datafree README; a footnote names the rows where the CMI README disagrees).
@@ -27,7 +27,7 @@ networks (experiment=datafree_cifar10 / datafree_cifar100 / datafree_teachers), 
 data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Table 1).
 --curves writes a PNG of the learning curves: each group's test accuracy at its periodic evaluations
 (results.json's evaluations, the mean over its runs) against the images the student trained on, log
-scale; with --paper the published number of the row is marked at SPEC's full budget.
+scale; with --paper the published number of the row is marked at the published run's full budget.
 --transitions writes a PNG of the transition curves of every belief-matching group (the paper's
 Figure 4): the student's p_j solid, the teacher's dashed, each the mean over the group's runs of
 the transition_curves.csv its run wrote.
@@ -514,7 +514,7 @@ def curve_labels(rows: list[dict]) -> list[str]:
 
 def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> None:
     """Test accuracy against the images the student trained on (log scale), one line per group with a
-    learning curve; with `paper`, the published figure of the same row marked (x) at SPEC's full budget."""
+    learning curve; with `paper`, the published figure of the same row marked (x) at its run's full budget."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""The losses of SPEC section 3 against values worked out by hand on tiny tensors."""
+"""The losses of docs/method.md#losses against values worked out by hand on tiny tensors."""
 
 from __future__ import annotations
 

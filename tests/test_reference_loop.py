@@ -2,10 +2,10 @@
 
 Each method's module, built from the package's own config (conf/method/*.yaml) and trained under
 a real Lightning Trainer (fp32, CPU), is checked against a plain PyTorch loop of the study's
-algorithm written here from SPEC sections 3-4, with this file's own loss code. From identical
+algorithm written here from docs/method.md (losses, algorithms), with this file's own loss code. From identical
 initial weights and the same noise, at every optimiser step the reference computes its own batch,
 losses and clipped gradients and must find the module's weights, BN buffers, gradients and
-learning rate; then it steps its own optimiser (SPEC's hyperparameters). At the end both hold
+learning rate; then it steps its own optimiser (the published hyperparameters). At the end both hold
 the same networks, optimiser state and learning rates. Only the public surface of the package
 is used: the constructors (via Hydra), the module attributes `student`, `generator`, `teacher`,
 `noise`, and Lightning's optimiser hook and optimisers.
@@ -22,7 +22,8 @@ that noise. The modules run with `channels_last` off, the plain reference's memo
 it on (a speed switch, the same maths) other conv kernels round differently, and behind a
 batch-statistics BatchNorm that grew to 1e-3 relative in a few of the stem's gradient elements.
 
-The SPEC's numbers are spelled out below on purpose: a config that drifts from them fails here.
+The published numbers (docs/method.md#hyperparameters) are spelled out below on purpose: a config
+that drifts from them fails here.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}  # fp32 weights and buffers under diffe
 GRAD_RTOL = 1e-4  # gradients: relative, plus 1e-5 of the step's largest element for those near zero
 
 
-# ---------------------------------------------------------------------------- SPEC section 3, written plainly
+# ------------------------------------------------------------ the losses of docs/method.md#losses, written plainly
 def kl(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
     """KL(t || s) summed over classes and batch, divided by B * C (kl_div's reduction='mean')."""
     t = (teacher_logits / tau).softmax(1)
@@ -176,7 +177,7 @@ def optimizer_of(fitted: pl.Trainer, net: nn.Module) -> torch.optim.Optimizer:
 
 def assert_same_optimizer(got: torch.optim.Optimizer, got_net: nn.Module, want: torch.optim.Optimizer,
                           want_net: nn.Module, lr: float) -> None:
-    """The same learning rate (`lr`, the SPEC's schedule) and the same per-parameter state."""
+    """The same learning rate (`lr`, the published schedule) and the same per-parameter state."""
     assert [g["lr"] for g in got.param_groups] == pytest.approx([lr], rel=1e-12)
     assert [g["lr"] for g in want.param_groups] == pytest.approx([lr], rel=1e-12)
     for p, q in zip(got_net.parameters(), want_net.parameters(), strict=True):
@@ -194,7 +195,8 @@ NOISE_SEED = 7
 
 
 def zero_shot_reference(initial: dict, steps: list[Step], teacher: nn.Module, student_batch: str):
-    """One iteration of SPEC section 4, plainly, checked step by step against the module's `steps`.
+    """One iteration of docs/method.md#zero-shot-transfer, plainly, checked step by step against the
+    module's `steps`.
     Returns the reference networks, its two optimisers and the gradient norms before clipping."""
     student, generator = WideResNet(**STUDENT), Generator()
     nets = {"student": student, "generator": generator}
@@ -259,7 +261,7 @@ def test_one_zero_shot_iteration_follows_the_reference_loop(tmp_path, student_ba
     fitted.fit(module)
 
     nets, opt_s, opt_g, norms = zero_shot_reference(recorder.initial, recorder.steps, teacher, student_batch)
-    assert min(norms) > 5.0, norms  # SPEC's clip acted on every step
+    assert min(norms) > 5.0, norms  # the clip at 5 acted on every step
     assert_states_match(nets, {n: snapshot(getattr(module, n)) for n in nets}, "after the iteration")
     assert_states_match({"teacher": teacher}, {"teacher": snapshot(module.teacher)}, "teacher")  # frozen
     # the module drew exactly the noise the reference drew
@@ -309,7 +311,7 @@ def test_one_kd_at_epoch_follows_the_reference_loop(tmp_path):
     images, labels = labelled_batches(2)
     fitted.fit(module, train_dataloaders=loader(images, labels))
 
-    # SPEC: SGD lr 0.1, momentum 0.9, Nesterov, wd 5e-4; lr / 5 at 30, 60, 80 % of the epochs
+    # the recipe: SGD lr 0.1, momentum 0.9, Nesterov, wd 5e-4; lr / 5 at 30, 60, 80 % of the epochs
     student = WideResNet(**STUDENT)
     student.load_state_dict(recorder.initial["student"])
     student.train()
@@ -347,7 +349,7 @@ def test_one_finetune_epoch_follows_the_reference_loop(tmp_path):
     images, labels = labelled_batches(2)
     fitted.fit(module, datamodule=Batches(images, labels))
 
-    # SPEC: Adam lr 5e-4, cosine over the epochs stepped per epoch; the student in eval mode
+    # the recipe: Adam lr 5e-4, cosine over the epochs stepped per epoch; the student in eval mode
     student = WideResNet(**STUDENT)
     student.load_state_dict(recorder.initial["student"])
     student.eval()  # BN statistics frozen, BN affine parameters still trained
@@ -378,10 +380,10 @@ def test_one_finetune_epoch_follows_the_reference_loop(tmp_path):
 # ---------------------------------------------------------------------------- belief matching (Algorithm 2)
 def reference_belief_matching(student: nn.Module, teacher: nn.Module, images: Tensor, n: int, k_steps: int,
                               xi: float, seed: int) -> tuple[Tensor, Tensor, float]:
-    """SPEC section 4 plainly: the first n images of a seeded shuffle on which both nets predict
-    the same class i; for each and each target j != i, K raw gradient steps on CE(student(x), j)
-    from the clean image, p_j under both before every step. Returns both transition curves (K,)
-    and the MTE."""
+    """docs/method.md#adversarial-belief-matching plainly: the first n images of a seeded shuffle on
+    which both nets predict the same class i; for each and each target j != i, K raw gradient steps
+    on CE(student(x), j) from the clean image, p_j under both before every step. Returns both
+    transition curves (K,) and the MTE."""
     with torch.no_grad():
         agree = student(images).argmax(1) == teacher(images).argmax(1)
         classes = student(images).argmax(1)

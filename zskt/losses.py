@@ -1,4 +1,4 @@
-"""The losses of SPEC section 3, as pure functions. The conventions set the balance between terms:
+"""The losses of docs/method.md#losses, as pure functions. The conventions set the balance between terms:
 
 - KL is `kl_div(..., reduction="mean")`: summed over classes and batch, divided by B*C
   (not "batchmean", which would weigh it C times more against attention transfer);

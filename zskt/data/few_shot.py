@@ -1,4 +1,4 @@
-"""The few-shot rule (SPEC section 2): exactly M images per class from a seeded shuffle."""
+"""The few-shot rule (docs/method.md#few-shot-subsets): exactly M images per class from a seeded shuffle."""
 
 from __future__ import annotations
 

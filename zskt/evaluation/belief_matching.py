@@ -1,4 +1,4 @@
-"""Adversarial belief matching (Algorithm 2 of the paper; SPEC section 4, last paragraph).
+"""Adversarial belief matching (Algorithm 2 of the paper; docs/method.md#adversarial-belief-matching).
 
 Network A is the student, B the teacher. On test images both classify alike (class i), each
 of the C-1 other classes j is a target: starting from the clean normalised image, take K raw

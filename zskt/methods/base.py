@@ -24,7 +24,7 @@ def scaled(n: int, budget_scale: float) -> int:
 def epoch_budget(epochs: int | None, full_epochs: int, m: int | None, reference_m: int, budget_scale: float) -> int:
     """Epochs to train: `epochs` if given, else the full-data length `full_epochs`, stretched to
     `int(full_epochs * reference_m / m)` for a few-shot set (keeping the step count near the
-    full-data run, SPEC section 4); either way multiplied by `budget_scale`."""
+    full-data run, docs/method.md#scratch-and-no-teacher-few-shot); either way multiplied by `budget_scale`."""
     if epochs is None:
         epochs = full_epochs if m is None else int(full_epochs * reference_m / m)
     check("method.epochs", epochs)

@@ -2,7 +2,7 @@
 
 The student starts from a zero-shot model (`student.checkpoint`) and sees M images per class:
 loss (1 - alpha) CE + 2 alpha tau^2 KL(t || s) + lambda * sum over parameter tensors of
-mean |theta - theta_0| (SPEC section 3), Adam with a per-epoch cosine schedule (SPEC section 4).
+mean |theta - theta_0|, Adam with a per-epoch cosine schedule (docs/method.md#extra-m-fine-tuning).
 The student stays in eval mode throughout: its BN running statistics remain the zero-shot
 ones while the BN affine parameters train.
 """

@@ -1,8 +1,8 @@
 """Few-shot knowledge distillation with attention transfer (the paper's few-shot baseline).
 
 The student sees exactly M images per class and learns from their labels and from a frozen
-teacher: (1 - alpha) CE + 2 alpha tau^2 KL(t || s) + beta * sum AT (SPEC section 3), with the
-scratch recipe's optimiser, schedule and few-shot epoch stretching (SPEC section 4).
+teacher: (1 - alpha) CE + 2 alpha tau^2 KL(t || s) + beta * sum AT, with the scratch recipe's
+optimiser, schedule and few-shot epoch stretching (docs/method.md#few-shot-distillation).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from zskt.methods.base import StudentModule, epoch_budget, evaluation_period
 
 @dataclass(frozen=True)
 class SGDRecipe:
-    """The supervised recipe of SPEC section 4; the values come from conf/method/scratch.yaml."""
+    """The supervised recipe (docs/method.md#scratch-and-no-teacher-few-shot); the values come from
+    conf/method/scratch.yaml."""
 
     full_epochs: int
     epochs: int | None

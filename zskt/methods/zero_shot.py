@@ -3,7 +3,7 @@
 No training data: a generator G is trained adversarially to produce images on which the
 student S and the frozen teacher T disagree, and S learns to match T on them.
 
-Per iteration (SPEC section 4):
+Per iteration (docs/method.md#zero-shot-transfer):
   1. draw z ~ N(0, I); x = G(z)
   2. generator step: loss = -KL(T(x) || S(x)), student toggled off, clip, Adam step
   3. n_S student steps on the batch `student_batch` chooses; the teacher's logits and
@@ -105,8 +105,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
-        # channels_last like the networks it feeds: its convolutions run faster so (batch 128 on 2
-        # AVX-512 cores: forward + backward 1.67 -> 1.22 CPU-seconds) and its output needs no copy
+        # channels_last like the networks it feeds: its convolutions run faster so (docs/performance.md)
+        # and its output needs no copy
         self.generator = set_channels_last(Generator(**generator), channels_last)
         self.total_iterations = scaled(iterations, budget_scale)
         self.eval_every = min(eval_every, self.total_iterations)

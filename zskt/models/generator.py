@@ -1,4 +1,4 @@
-"""The ZSKT generator (SPEC section 1): z in R^100 -> a 3x32x32 image in normalised input space."""
+"""The ZSKT generator (docs/method.md#generator): z in R^100 -> a 3x32x32 image in normalised input space."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pre-activation Wide ResNet WRN-d-k, as in the attention-transfer paper (SPEC section 1)."""
+"""Pre-activation Wide ResNet WRN-d-k, as in the attention-transfer paper (docs/method.md#wide-resnet)."""
 
 from __future__ import annotations
 
