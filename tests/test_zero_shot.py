@@ -165,6 +165,77 @@ def test_without_the_guard_a_collapsed_generator_is_left_alone(tmp_path, teacher
     assert not any(e.get("generator_restarted") for e in results["evaluations"])
 
 
+class _RecordOutputDtypes(pl.Callback):
+    """The dtype of the generator's, teacher's and student's outputs in each phase of a training step
+    (the phase switches when the generator's optimiser has stepped; evaluations and sample grids are
+    not recorded)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], set] = {}
+        self.phase = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.optimizers[0].register_step_post_hook(lambda *_: setattr(self, "phase", "student_steps"))
+        for name in ("generator", "teacher", "student"):
+            getattr(pl_module, name).register_forward_hook(lambda module, args, out, name=name: self.record(name, out))
+
+    def record(self, name: str, out: torch.Tensor) -> None:
+        if self.phase is not None:
+            self.seen.setdefault((self.phase, name), set()).add(out.dtype)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.phase = "generator_step"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.phase = None
+
+
+@pytest.mark.parametrize(("mix", "bf16"), [
+    ("off", set()),
+    ("student_bf16", {("student_steps", "student")}),
+    ("generator_fp32", {("generator_step", "teacher"), ("generator_step", "student"), ("student_steps", "student")}),
+])
+def test_precision_mix_runs_each_phase_in_its_precision(tmp_path, teacher_zoo, mix, bf16):
+    # pre_update: the student steps reuse the generator step's batch and teacher outputs, so only the
+    # student runs in the student phase
+    recorder = _RecordOutputDtypes()
+    results = zskt.run.execute(compose_cfg(tmp_path, zero_shot_overrides(
+        teacher_zoo, "method.iterations=1", "method.eval_every=1", f"method.precision_mix={mix}",
+        "trainer.precision=32-true")),
+        callbacks=[recorder])
+    assert set(recorder.seen) == {("generator_step", "generator"), ("generator_step", "teacher"),
+                                  ("generator_step", "student"), ("student_steps", "student")}
+    for key, dtypes in recorder.seen.items():
+        assert dtypes == ({torch.bfloat16} if key in bf16 else {torch.float32}), key
+    assert 0.0 <= results["test_acc"] <= 100.0
+
+
+def test_fp32_compiled_mix_compiles_every_network(tmp_path, teacher_zoo):
+    from zskt.config import instantiate_node
+
+    def module(mix: str) -> ZeroShot:
+        cfg = compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, f"method.precision_mix={mix}"))
+        student, teacher = {"depth": 10, "width": 1, "num_classes": 10}, {"depth": 10, "width": 2, "num_classes": 10}
+        layers = {"student": ["block1", "block2", "block3"], "teacher": ["block1", "block2", "block3"]}
+        return instantiate_node(cfg.method, "method", student=student, teacher=WideResNet(**teacher),
+                                attention_layers=layers, channels_last=False, compile=False)
+
+    # nn.Module.compile() wraps the call lazily: nothing is compiled until the first forward
+    compiled, plain = module("fp32_compiled"), module("off")
+    for name in ("generator", "student", "teacher"):
+        assert getattr(compiled, name)._compiled_call_impl is not None, name
+        assert getattr(plain, name)._compiled_call_impl is None, name
+
+
+def test_an_unknown_precision_mix_is_one_line(tmp_path, teacher_zoo, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        zskt.run.run(compose_cfg(tmp_path, zero_shot_overrides(teacher_zoo, "method.precision_mix=bf16_everything")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["zskt: error: method.precision_mix=bf16_everything is invalid: choose one of off, student_bf16, "
+                   "generator_fp32, fp32_compiled"]
+
+
 def _hand_kl(student_logits, teacher_logits):
     """KL(t || s) summed over classes and batch, divided by batch * classes."""
     t = teacher_logits.softmax(1)

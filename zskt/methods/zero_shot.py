@@ -31,6 +31,7 @@ manual optimisation `global_step` counts optimiser steps, n_G + n_S per iteratio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -49,6 +50,13 @@ from zskt.rng import PicklableGenerators
 from zskt.validation import check
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
+# method.precision_mix: which parts of an iteration run in bf16 autocast (the rest in fp32)
+PRECISION_MIXES = {
+    "off": {},                                                 # the trainer's precision throughout
+    "student_bf16": {"student_steps": True},                   # generator step in fp32, student steps in bf16
+    "generator_fp32": {"generator_step": True, "student_steps": True, "generator": False},  # bf16, generator fp32
+    "fp32_compiled": {},                                       # fp32, networks and generator torch.compile'd
+}
 log = logging.getLogger("zskt")
 
 
@@ -92,7 +100,11 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         compile: bool,
         collapse_class_share: float | None = None,
         restart_collapsed_generator: bool = False,
+        precision_mix: str = "off",
     ) -> None:
+        if precision_mix not in PRECISION_MIXES:
+            raise UserError(f"method.precision_mix={precision_mix} is invalid: choose one of {', '.join(PRECISION_MIXES)}")
+        compile = compile or precision_mix == "fp32_compiled"
         super().__init__(name, student, teacher, channels_last, compile)
         if student_batch not in STUDENT_BATCHES:
             raise UserError(f"method.student_batch={student_batch} is invalid: choose one of {', '.join(STUDENT_BATCHES)}")
@@ -108,6 +120,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # channels_last like the networks it feeds: its convolutions run faster so (docs/performance.md)
         # and its output needs no copy
         self.generator = set_channels_last(Generator(**generator), channels_last)
+        if compile:
+            self.generator.compile()
+        self.bf16_parts = PRECISION_MIXES[precision_mix]
         self.total_iterations = scaled(iterations, budget_scale)
         self.eval_every = min(eval_every, self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
@@ -128,7 +143,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         z = self.draw_noise()
 
         # 2. generator step(s): maximise the disagreement; no student weight gradients
-        with self.toggled_optimizer(opt_g):
+        with self.toggled_optimizer(opt_g), self.precision_of("generator_step"):
             for _ in range(hp.n_generator_steps):
                 x = self.generate(z)
                 teacher_logits, teacher_features = self.teacher_with_features(x)
@@ -138,20 +153,11 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                 self.manual_backward(loss_g)
                 self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
                 opt_g.step()
-        x_pre_update = x.detach()
         seen = (teacher_logits, teacher_features) if hp.student_batch == "pre_update" else None
 
         # 3. student steps: match the teacher on generated batches, never back-propagating into G
-        for step in range(hp.n_student_steps):
-            if step == 0 or hp.student_batch == "fresh":
-                x_s = self.batch_for_student(z, x_pre_update)
-                t_logits, t_features = self.teacher_targets(x_s, seen)
-            s_logits, s_features = self.student_with_features(x_s)
-            loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
-            opt_s.zero_grad()
-            self.manual_backward(loss_s)
-            self.clip_gradients(opt_s, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-            opt_s.step()
+        with self.precision_of("student_steps"):
+            loss_s = self.student_steps(z, x.detach(), seen, opt_s)
 
         # 4. both cosine schedules
         sched_g.step()
@@ -162,13 +168,36 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.top_class_share.update(top_class_share)
         self.log_iteration(loss_g, loss_s, teacher_max_prob, top_class_share, student_logits.detach())
 
+    def student_steps(self, z: Tensor, x_pre_update: Tensor, seen: tuple[Tensor, list[Tensor]] | None, opt_s) -> Tensor:
+        """Step 3 of Algorithm 1: n_S student steps on the batches `student_batch` chooses; the last loss."""
+        hp = self.hparams
+        for step in range(hp.n_student_steps):
+            if step == 0 or hp.student_batch == "fresh":
+                x_s = self.batch_for_student(z, x_pre_update)
+                t_logits, t_features = self.teacher_targets(x_s, seen)
+            s_logits, s_features = self.student_with_features(x_s)
+            loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, hp.beta, hp.temperature)
+            opt_s.zero_grad()
+            self.manual_backward(loss_s)
+            self.clip_gradients(opt_s, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            opt_s.step()
+        return loss_s
+
+    def precision_of(self, part: str):
+        """Autocast to bf16 for the parts `method.precision_mix` runs in bf16; fp32 for the other parts.
+        With the mix `off` the trainer's precision applies unchanged."""
+        if not self.bf16_parts:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_parts.get(part, False))
+
     def draw_noise(self) -> Tensor:
         """z ~ N(0, I) from the run's own (checkpointed) random stream."""
         z = torch.randn(self.hparams.batch_size, self.hparams.generator["z_dim"], generator=self.noise)
         return z.to(self.device)
 
     def generate(self, z: Tensor) -> Tensor:
-        return self.to_input(self.generator(z))
+        with self.precision_of("generator"):
+            return self.to_input(self.generator(z))
 
     def batch_for_student(self, z: Tensor, x_pre_update: Tensor) -> Tensor:
         """The batch the student trains on next, per method.student_batch (see the module docstring)."""
