@@ -57,7 +57,7 @@ def test_sweep_over_m_writes_one_result_per_job(tmp_path):
         events.Reload()
         final = json.loads((job / "results.json").read_text())["test_acc"]
         assert events.Scalars("final/test_acc")[-1].value == pytest.approx(final)
-        assert b"dataset.m" in events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        assert b"method.epochs" in events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert not (tmp_path / "outputs" / "models").exists()  # few-shot models are not teachers
 
 

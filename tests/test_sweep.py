@@ -50,17 +50,18 @@ def test_final_hparams_hold_the_overrides_identity_and_final_metrics():
     cfg = job_config(["method=kd_at", "dataset.m=10", "student.depth=16", "resume=true"])
     own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     params, metrics = final_hparams(own, RESULTS)
-    assert params["method"] == "kd_at" and params["dataset.m"] == "10" and params["student.depth"] == "16"
+    # numbers as numbers; M once, as the identity's m (not also as the override dataset.m)
+    assert params["method"] == "kd_at" and params["student.depth"] == 16 and "dataset.m" not in params
     own.student.depth = 40  # values as the run holds them (a teacher trained on the way has its own)
-    assert final_hparams(own, RESULTS)[0]["student.depth"] == "40"
+    assert final_hparams(own, RESULTS)[0]["student.depth"] == 40
     assert "resume" not in params  # the dir name's exclude_keys are left out here too
-    assert (params["student"], params["teacher"], params["m"], params["seed"]) == ("WRN-16-1", "WRN-40-2", "10", 1)
+    assert (params["student"], params["teacher"], params["m"], params["seed"]) == ("WRN-16-1", "WRN-40-2", 10, 1)
     assert params["budget/epochs"] == 100000
     assert metrics == {"final/test_acc": 60.5, "final/best_test_acc": 61.0, "final/teacher_test_acc": 95.1}
-    # an evaluation: its MTE, no best-of-evaluations; no subset (M None) as text
+    # an evaluation: its MTE, no best-of-evaluations; no subset (M None): all
     params, metrics = final_hparams(own, {**RESULTS, "method": "abm", "m": None, "best_test_acc": None, "mte": 0.2,
                                           "budget": {}})
-    assert params["m"] == "None" and metrics["final/mte"] == 0.2 and "final/best_test_acc" not in metrics
+    assert params["m"] == "all" and metrics["final/mte"] == 0.2 and "final/best_test_acc" not in metrics
 
 
 def test_hparams_tab_holds_the_final_metrics(tmp_path):
@@ -74,7 +75,8 @@ def test_hparams_tab_holds_the_final_metrics(tmp_path):
     assert events.Scalars("final/test_acc")[-1].value == 60.5
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["dataset.m"].string_value == "10" and start.hparams["seed"].number_value == 1
+    assert start.hparams["m"].number_value == 10 and start.hparams["seed"].number_value == 1
+    assert "dataset.m" not in start.hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"final/test_acc", "final/best_test_acc",
                                                              "final/teacher_test_acc"}

@@ -1,7 +1,10 @@
 """The package's Lightning callbacks: TensorBoard views of the generator (a grid of samples and the
-teacher's class histogram), a progress bar over a run's iterations, and the divergence guard."""
+teacher's class histogram), a progress bar over a run's iterations, the run's wall time across
+resumes, and the divergence guard."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytorch_lightning as pl
@@ -38,7 +41,7 @@ class GeneratorSamples(pl.Callback):
             classes = pl_module.teacher(pl_module.to_input(images)).argmax(1)
         generator.load_state_dict(saved, strict=False)
         generator.train(was_training)
-        step = trainer.global_step
+        step = getattr(pl_module, "iteration", trainer.global_step)  # the x value of the run's scalars
         grid = make_grid(images.cpu(), nrow=self.nrow, normalize=True, scale_each=True)
         logger.experiment.add_image("generator/samples", grid, step)
         logger.experiment.add_histogram("generator/teacher_classes", classes.cpu(), step,
@@ -73,6 +76,25 @@ class IterationProgressBar(TQDMProgressBar):
             bar.n = n
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class WallTime(pl.Callback):
+    """The run's wall time since `start` (a `time.perf_counter()` value), plus that of the parts before a
+    resume: kept in every checkpoint, so a resumed run's results.json counts all of its parts (up to
+    the checkpoint each resumed from). Lightning's `Timer` counts the fit's stages only, not the data
+    setup and the final test."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.before = start, 0.0
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict:
+        return {"wall_time_s": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = float(state_dict.get("wall_time_s", 0.0))
 
 
 class Diverged(Exception):

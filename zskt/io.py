@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +47,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object])
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file, atomically."""
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write_bytes(text.encode(), path)
+
+
+def atomic_write_bytes(content: bytes, path: str | os.PathLike) -> None:
+    """Write a file's bytes, atomically."""
+    _atomic_write(path, lambda handle: handle.write(content))
 
 
 def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
@@ -57,3 +63,21 @@ def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save`, atomically."""
     _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+@contextmanager
+def new_folders_removed_on_failure(path: str | os.PathLike) -> Iterator[None]:
+    """Around code that may create `path` (and its missing parents) and then fail (a download with no
+    network): the folders it created are removed again if they are left empty. Only empty ones:
+    `rmdir` refuses anything else."""
+    path = Path(path).absolute()
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise

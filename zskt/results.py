@@ -27,7 +27,7 @@ from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
 from zskt.errors import UserError
 from zskt.io import atomic_write_json, atomic_write_text
 from zskt.models.families import network_info, slug_of
-from zskt.rundir import read_results
+from zskt.rundir import note_new_run_dir, read_results
 
 log = logging.getLogger("zskt")
 BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); test_acc is the final one"
@@ -36,6 +36,7 @@ BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); 
 def check_output_dir(cfg: DictConfig) -> None:
     """Fail before any work when the run's outputs could not be written."""
     output_dir = Path(cfg.paths.output_dir)
+    note_new_run_dir(output_dir)  # a command refused from here on takes it away again
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):

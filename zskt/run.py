@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
@@ -24,13 +25,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from zskt import results, teachers
-from zskt.callbacks import Diverged
+from zskt.callbacks import Diverged, WallTime
 from zskt.checkpoints import load_model
 from zskt.config import check_overrides, instantiate_node, is_multirun, resolve_config
 from zskt.errors import UserError
 from zskt.hardware import set_tf32
 from zskt.models import families
-from zskt.rundir import check_resume, disk_full, disk_full_message, lock_run_dir, releases_run_dir_locks
+from zskt.rundir import (check_resume, disk_full, disk_full_message, lock_run_dir, releases_run_dir_locks,
+                         remove_refused_run_dir)
 from zskt.sweep import log_final_hparams
 from zskt.validation import check_teacher, validate_config
 
@@ -46,12 +48,44 @@ warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec\)` is deprecate
 # twice when (as in a fresh run dir, which `results.check_fresh` ensures) there is none
 warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+# litlogger's advert; and Lightning's note on Ctrl-C, which `fit` replaces with the line that resumes the run
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage() and "Detected KeyboardInterrupt" not in record.getMessage())
+# the run's own last line says it completed; "max_epochs=2 reached" means nothing for a run in iterations
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "`Trainer.fit` stopped: `max_epochs=" not in record.getMessage())
+# resume=true from interrupted.ckpt (a run stopped before its first evaluation) restarts the epoch's loader on purpose
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+# callbacks.on_exception saves a full (resumable) checkpoint on purpose: Lightning's note on its default is noise
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
+    lambda record: "`weights_only` was not set" not in record.getMessage())
 
 
-def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=()) -> pl.Trainer:
-    """The configured Trainer, with the length and evaluation period the method's budget sets."""
+def training_steps(module: pl.LightningModule, datamodule) -> int:
+    """The training batches of the whole run: its iterations, or its epochs times the loader's length."""
+    if hasattr(module, "total_iterations"):
+        return module.total_iterations
+    if not (type(module).trains and module.uses_train_data):
+        return 1
+    return getattr(module, "max_epochs", 1) * len(datamodule.train_dataloader())
+
+
+def logging_period(steps: int) -> int:
+    """trainer.log_every_n_steps when the config leaves it null: every `LOG_POINTS`-th of the run, at
+    most every 50 steps (Lightning's default) and at least every step, so a 20-iteration run and a
+    30-batch few-shot run each get a curve."""
+    return max(1, min(50, steps // LOG_POINTS))
+
+
+LOG_POINTS = 50
+
+
+def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(), steps: int = 1) -> pl.Trainer:
+    """The configured Trainer, with the length and evaluation period the method's budget sets, and the
+    logging period of a run `steps` batches long unless trainer.log_every_n_steps is set."""
     kwargs = module.trainer_kwargs()
+    if cfg.trainer.get("log_every_n_steps") is None:
+        kwargs["log_every_n_steps"] = logging_period(steps)
     callbacks = []
     for key, node in cfg.callbacks.items():
         every = {"every_n_epochs": kwargs["check_val_every_n_epoch"]} if key == "model_checkpoint" and node.get(
@@ -76,7 +110,7 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(
 def execute(raw: DictConfig, callbacks=()) -> dict:
     """Run one configured job and return its results (also written to results.json).
     `callbacks`: extra Lightning callbacks for this run's Trainer (not for a teacher it trains)."""
-    start = time.perf_counter()
+    wall = WallTime(time.perf_counter())
     cfg = resolve_config(raw)
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -121,18 +155,18 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
                               compile=cfg.compile, **parts)
     if initial is not None:
         module.student.load_state_dict(initial.state_dict())
-    trainer = build_trainer(cfg, module, callbacks)
+    trainer = build_trainer(cfg, module, [*callbacks, wall], training_steps(module, datamodule))
 
     # every input is checked: from here on the run writes its outputs
     if trainer.is_global_zero:
         results.write_start(cfg, output_dir, datamodule)
     if method_cls.trains:
-        diverged = fit(cfg, trainer, module, datamodule, start)
+        diverged = fit(cfg, trainer, module, datamodule, wall)
         if diverged is not None:
             return diverged
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
 
-    done = results.collect(cfg, module, trainer, datamodule, tested, teacher_info, time.perf_counter() - start)
+    done = results.collect(cfg, module, trainer, datamodule, tested, teacher_info, wall.seconds())
     if trainer.is_global_zero:
         if method_cls.trains:
             results.save_student(cfg, output_dir, module, datamodule, teacher_info, done)
@@ -141,17 +175,29 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     return done
 
 
-def fit(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, datamodule, start: float) -> dict | None:
-    """Train (from the run's last checkpoint on resume=true); the results of a diverged run in a sweep
-    (a single diverged run exits 1, a SIGTERM exits 143, each with a line that says what to do)."""
+def resume_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """The checkpoint a `resume=true` run continues from: the last evaluation's, or when the run died
+    before its first evaluation, the one `callbacks.on_exception` saved as it died."""
+    if not cfg.resume:
+        return None
+    last = Path(trainer.checkpoint_callback.format_checkpoint_name({})) if trainer.checkpoint_callback else None
+    interrupted = [Path(c.ckpt_path) for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    for path in [last, *interrupted]:
+        if path is not None and path.is_file():
+            return str(path)
+    if is_multirun():  # a sweep's job that never started: it runs from the beginning
+        return None
+    raise UserError(f"resume=true but {last or 'no checkpoint (callbacks.model_checkpoint is off)'} does not "
+                    "exist: the run never reached its first checkpoint; start it again")
+
+
+def fit(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, datamodule, wall: WallTime) -> dict | None:
+    """Train (on resume=true from the checkpoint `resume_checkpoint` finds); the results of a diverged
+    run in a sweep (a single diverged run exits 1, SIGTERM 143 and Ctrl-C 130, each with a line that
+    says what to do)."""
     output_dir = Path(cfg.paths.output_dir)
     last = Path(trainer.checkpoint_callback.format_checkpoint_name({})) if trainer.checkpoint_callback else None
-    ckpt_path = None
-    if cfg.resume and last is not None and last.is_file():
-        ckpt_path = str(last)
-    elif cfg.resume and not is_multirun():
-        raise UserError(f"resume=true but {last or 'no checkpoint (callbacks.model_checkpoint is off)'} does not "
-                        "exist: the run never reached its first checkpoint; start it again")
+    ckpt_path = resume_checkpoint(cfg, trainer)
     if ckpt_path is None and module.measures_start:
         module.record_start(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     try:
@@ -160,19 +206,44 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, datamo
         else:
             trainer.fit(module, val_dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
     except Diverged as err:
-        done = results.record_divergence(cfg, output_dir, str(err), last, time.perf_counter() - start)
+        done = results.record_divergence(cfg, output_dir, str(err), last, wall.seconds())
         print(f"zskt: {cfg.method.name} diverged: {err}; the last good checkpoint is {last}", file=sys.stderr)
         if not is_multirun():
             sys.exit(1)
         return done
-    except SIGTERMException:
-        # Lightning stopped at the end of a batch; an OnExceptionCheckpoint (callbacks.on_exception) saved the moment
-        saved = [f"the moment is saved in {c.ckpt_path}; " for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
-        print(f"zskt: stopped by SIGTERM at step {trainer.global_step}: {''.join(saved)}resume with "
-              f"`python -m zskt.run hydra.run.dir={output_dir} resume=true` (from the last evaluation's "
-              f"checkpoint, {last})", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+    except SystemExit as stop:
+        # SIGTERM: Lightning stopped at the end of a batch (SIGTERMException). Ctrl-C: Lightning caught the
+        # KeyboardInterrupt, marked the trainer interrupted and exits 1. Either way an OnExceptionCheckpoint
+        # (callbacks.on_exception) saved the moment
+        sigterm = isinstance(stop, SIGTERMException)
+        if not sigterm and not (trainer.interrupted and stop.code == 1):
+            raise
+        print(f"zskt: {stopped_line(trainer, module, 'SIGTERM' if sigterm else 'Ctrl-C', last, output_dir)}",
+              file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if sigterm else signal.SIGINT))
     return None
+
+
+def stopped_line(trainer: pl.Trainer, module: pl.LightningModule, by: str, last: Path | None, output_dir: Path) -> str:
+    """What a stopped run says: where it stopped (in iterations for a run budgeted in them), what was
+    saved, and the command that resumes it."""
+    where = (f"iteration {module.iteration}" if hasattr(module, "total_iterations")
+             else f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}")
+    saved = [Path(c.ckpt_path) for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    moment = "".join(f"the moment is saved in {path}; " for path in saved if path.is_file())
+    source = (f"from the last evaluation's checkpoint, {last}" if last is not None and last.is_file()
+              else f"from {saved[0]}: the run had not reached its first evaluation" if moment
+              else "from the beginning: nothing was saved")
+    return (f"stopped by {by} at {where}: {moment}resume with `python -m zskt.run hydra.run.dir={output_dir} "
+            f"resume=true` ({source})")
+
+
+def output_dir_of(cfg: DictConfig) -> str:
+    """The run's output dir as the command gave it (the one Hydra created)."""
+    try:
+        return str(cfg.paths.output_dir)
+    except Exception:  # noqa: BLE001 - a config that does not resolve: the dir Hydra made
+        return HydraConfig.get().runtime.output_dir
 
 
 def run(cfg: DictConfig) -> dict:
@@ -181,6 +252,7 @@ def run(cfg: DictConfig) -> dict:
         return execute(cfg)
     except UserError as err:
         print(f"zskt: error: {err}", file=sys.stderr)
+        remove_refused_run_dir(output_dir_of(cfg))
         sys.exit(2)
     except Exception as err:  # a full disk: raised directly, or chained under a failed save in Lightning's handlers
         if (full := disk_full(err)) is None:

@@ -1,7 +1,8 @@
 """The run dir as a thing a user can damage: one run at a time in it (a lock), and the files a
 resumed run reads back (run_config.yaml, results.json, few_shot_indices.json, last.ckpt) checked
 before anything is written, each failure a one-line `UserError` that names the file and what to
-do. Also the one line for a full disk.
+do. Also the one line for a full disk, and the run dir's life around Hydra (`HydraRunDir`): a
+command refused at start leaves no run dir behind, and a resumed run keeps its first `.hydra/`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from zskt.errors import UserError
@@ -82,6 +84,104 @@ def releases_run_dir_locks(run: Callable) -> Callable:
     return wrapper
 
 
+# ---------------------------------------------------------------------------- the run dir around Hydra
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into <run dir>/.hydra
+# run dir -> (the outermost folder this process created for it, or None; the dir's entries before)
+_made: dict[Path, tuple[Path | None, set[str]]] = {}
+_sweeps: dict[Path, tuple[bool, set[str]]] = {}  # sweep dir -> (created by this process, its entries before)
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None: `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def note_new_run_dir(output_dir: str | os.PathLike) -> None:
+    """Remember what is in `output_dir` (and which of it and its parents is missing) before this process
+    writes there, so a refused command can take away what it added (`remove_refused_run_dir`)."""
+    path = Path(output_dir).absolute()
+    if path not in _made:
+        _made[path] = (_outermost_missing(path), set(os.listdir(path)) if path.is_dir() else set())
+
+
+class HydraRunDir(Callback):
+    """Hydra's callback (conf/hydra/default.yaml) around the run dir it creates before the run starts:
+    notes whether the dir is new (a refused command then removes it), and on `resume=true` puts the
+    first run's `.hydra/` back after Hydra rewrote it (its overrides would be `- resume=true`)."""
+
+    def __init__(self) -> None:
+        self.first_hydra: dict[Path, dict[str, bytes]] = {}
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(str(config.hydra.run.dir)).absolute()  # `${now:}` is cached: the dir Hydra makes next
+        note_new_run_dir(run_dir)
+        hydra_dir = run_dir / str(config.hydra.output_subdir or ".hydra")
+        if config.get("resume") is True and hydra_dir.is_dir():
+            self.first_hydra[run_dir] = {name: (hydra_dir / name).read_bytes() for name in HYDRA_FILES
+                                         if (hydra_dir / name).is_file()}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        _sweeps[sweep_dir] = (not sweep_dir.exists(), set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set())
+        note_new_run_dir(sweep_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        from zskt.io import atomic_write_bytes
+
+        run_dir = Path(str(config.hydra.runtime.output_dir)).absolute()
+        for name, content in self.first_hydra.pop(run_dir, {}).items():
+            atomic_write_bytes(content, run_dir / str(config.hydra.output_subdir or ".hydra") / name)
+
+
+def remove_refused_run_dir(output_dir: str | os.PathLike) -> None:
+    """After a command refused at start: remove what Hydra wrote into the run dir (`.hydra/`, the job's
+    log) unless it was there before, then the dir and the parents this process created for it while
+    they are empty. Nothing that was there before is touched; a dir holding anything else stays."""
+    path = Path(output_dir).absolute()
+    if path.parent in _sweeps:  # a sweep's job: its dir is new unless it was in the sweep dir when the sweep began
+        created, entries = _sweeps[path.parent]
+        if not created and path.name in entries:
+            return
+        outermost, before = _made.get(path.parent, (path, set()))[0] or path, set()
+    elif path in _made:
+        outermost, before = _made[path]
+    else:
+        return
+    if not path.is_dir():
+        return
+    hydra_dir = path / ".hydra"
+    added = set(os.listdir(path)) - before
+    logs = {entry for entry in added if entry.endswith(".log")}
+    if not added <= {".hydra", *logs}:
+        return  # the run wrote outputs: not a refusal at start
+    if ".hydra" in added and hydra_dir.is_dir():
+        if not set(os.listdir(hydra_dir)) <= set(HYDRA_FILES):
+            return
+        for name in HYDRA_FILES:
+            (hydra_dir / name).unlink(missing_ok=True)
+        hydra_dir.rmdir()
+    for log_file in logs:
+        (path / log_file).unlink()
+    _made.pop(path, None)
+    if outermost is None:
+        return
+    for folder in (path, *path.parents):
+        sweep = _sweeps.get(folder)
+        if sweep is not None and sweep[0] and set(os.listdir(folder)) <= {"multirun.yaml"}:
+            (folder / "multirun.yaml").unlink(missing_ok=True)  # a sweep this process began, with no job left
+        try:
+            folder.rmdir()  # only ever an empty one
+        except OSError:
+            break
+        if folder == outermost:
+            break
+
+
 # ---------------------------------------------------------------------------- files read back on resume
 def load_run_config(path: Path) -> DictConfig:
     """A run's saved run_config.yaml, or a one-line `UserError` if it is damaged."""
@@ -144,6 +244,8 @@ def check_resume(output_dir: Path, indices: torch.Tensor | None, trains: bool, a
 
     check_saved_subset(output_dir / FEW_SHOT_INDICES, indices)
     last = output_dir / "checkpoints" / "last.ckpt"
+    if trains and not (last.exists() or last.is_symlink()):  # died before its first evaluation
+        last = output_dir / "checkpoints" / "interrupted.ckpt"
     if trains and (last.exists() or last.is_symlink()):
         check_last_checkpoint(last, allow_unsafe)
 

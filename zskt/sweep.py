@@ -21,29 +21,38 @@ FINAL_METRICS = ("test_acc", "best_test_acc", "start_test_acc", "mte")
 
 
 # ---------------------------------------------------------------------------- HPARAMS
+def _hparam(value: Any) -> Any:
+    """A value as the HPARAMS tab shows it: numbers and booleans as they are (sortable), anything else
+    as text (Lightning would turn None into 'None')."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return "null" if value is None else str(value)
+
+
 def override_values(cfg: DictConfig) -> dict[str, Any]:
-    """The job's command-line overrides as {key: text}: a value as the run's own (resolved) config
-    holds it, a config group as its option's name; the sweep-dir name's exclude_keys left out."""
+    """The job's command-line overrides as {key: value}: a value as the run's own (resolved) config
+    holds it, a config group as its option's name; the sweep-dir name's exclude_keys and `dataset.m`
+    (the identity's `m`) left out."""
     if not HydraConfig.initialized():
         return {}
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra_cfg = HydraConfig.get()
-    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    excluded = {*hydra_cfg.job.config.override_dirname.exclude_keys, "dataset.m"}
     values = {}
     for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
         key = override.key_or_group
         if key in excluded or override.is_delete():
             continue
         value = OmegaConf.select(cfg, key, default=None)  # a config group's node: its option's name instead
-        # as text: one column's values keep one type across jobs (dataset.m=10,all)
-        values[key] = override.get_value_element_as_str() if value is None or OmegaConf.is_config(value) else str(value)
+        values[key] = (override.get_value_element_as_str() if value is None or OmegaConf.is_config(value)
+                       else _hparam(value))
     return values
 
 
 def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[str, float]]:
     """(hyperparameters, metrics) of a completed run: its overrides and identity (method, dataset,
-    M as text - None: no subset -, seed, networks, budget); its final numbers from results.json as
+    M - 'all' for the full train set -, seed, networks, budget); its final numbers from results.json as
     final/<name>."""
     def arch(node: dict | None) -> str:
         # the entry's name (ResNet-18, VGG-11, WRN-16-1); results.json files from before the families: a WRN
@@ -52,9 +61,9 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
         return str(node.get("name") or f"WRN-{node['depth']}-{node['width']}")
 
     params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
-              "m": str(results["m"]), "seed": results["seed"],
+              "m": "all" if results["m"] is None else results["m"], "seed": results["seed"],
               "student": arch(results["student"]), "teacher": arch(results["teacher"]),
-              **{f"budget/{key}": value for key, value in (results.get("budget") or {}).items()}}
+              **{f"budget/{key}": _hparam(value) for key, value in (results.get("budget") or {}).items()}}
     metrics = {f"final/{name}": float(results[name]) for name in FINAL_METRICS if results.get(name) is not None}
     if (results.get("teacher") or {}).get("test_acc") is not None:
         metrics["final/teacher_test_acc"] = float(results["teacher"]["test_acc"])

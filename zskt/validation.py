@@ -131,7 +131,8 @@ RULES: dict[str, dict[str, Any]] = {
         "iterations": POSITIVE_INT,
         "budget_scale": Number("a positive number (1.0 = the paper's budget)", low=0, open_low=True),
         "evaluations": POSITIVE_INT,
-        "eval_every": POSITIVE_INT,
+        "eval_every": Number("a positive integer, or null (a tenth of the run, at most 1,000)", integer=True, low=1,
+                             optional=True),
         # zero-shot
         "batch_size": POSITIVE_INT,
         "n_generator_steps": POSITIVE_INT,

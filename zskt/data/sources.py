@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zskt.errors import UserError
+from zskt.io import new_folders_removed_on_failure
 
 IMAGE_SIZE = 32
 
@@ -100,8 +101,9 @@ def download(name: str, root: str) -> None:
         files = [Path(root) / SVHN.split_list[split][1] for split in ("train", "test")]
     if all(path.is_file() for path in files):  # their checksums are checked when `setup` reads them
         return
-    for split in ("train", "test"):
-        load_torchvision(name, root, split, download=True)
+    with new_folders_removed_on_failure(root):  # a failed download leaves no empty data/<name> behind
+        for split in ("train", "test"):
+            load_torchvision(name, root, split, download=True)
 
 
 def load_svhn(root: str, split: str, download: bool) -> ImageTensors:

@@ -50,6 +50,7 @@ class StudentModule(pl.LightningModule):
     uses_train_data = True
     uses_attention = False  # True: the method takes `attention_layers` (zskt.models.families.attention_layers)
     measures_start = False  # True: zskt.run measures the starting accuracy (trainer.validate) before fit
+    logs_in_iterations = False  # True: a run budgeted in iterations (`iteration`) logs every scalar at its iteration
 
     def __init__(self, name: str, student: dict, channels_last: bool, compile: bool) -> None:
         super().__init__()
@@ -109,6 +110,7 @@ class StudentModule(pl.LightningModule):
         self.best_accuracy.update(accuracy)
         self.log("eval/acc", accuracy, sync_dist=True)
         self.log("eval/best_acc", self.best_accuracy.compute(), sync_dist=True)
+        self.log_iteration_axis()
         if self.trainer.state.fn == "fit":  # not trainer.validate's measurement before a fit
             self.evaluations.append({"epoch": self.current_epoch + 1, "student_images": self.images_so_far(),
                                      "test_acc": round(float(accuracy), 4)})
@@ -133,6 +135,14 @@ class StudentModule(pl.LightningModule):
         self.final_accuracy.reset()
         self.best_accuracy.update(accuracy)
         self.log("test/acc", accuracy, sync_dist=True)
+        self.log_iteration_axis()
+
+    def log_iteration_axis(self) -> None:
+        """With `logs_in_iterations`: the scalars logged with this call go to the loggers at the run's
+        iteration. A logged `step` is Lightning's own way to choose the x value (it counts batches,
+        or optimiser steps, otherwise), and then it adds no `epoch` scalar, meaningless here."""
+        if self.logs_in_iterations:
+            self.log("step", float(self.iteration), batch_size=1)
 
 
 class DistillationModule(StudentModule):

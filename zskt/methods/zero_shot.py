@@ -18,7 +18,8 @@ Per iteration (docs/method.md#zero-shot-transfer):
   - `fresh`       (modified zero-shot): a new z and batch from the updated G for every
                   student step, each used once.
 
-A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint), the last
+A Lightning "epoch" is `eval_every` iterations (one test evaluation + checkpoint; by default a tenth of
+the run, at most 1,000: `default_eval_every`), the last
 one just the remainder, so the run stops after exactly `iterations` iterations. Each evaluation
 also records two means over the block's generated batches: the teacher's top-class probability
 and the share of a batch in its most frequent teacher class. At a share of `collapse_class_share`
@@ -69,12 +70,19 @@ def teacher_view(teacher_logits: Tensor, num_classes: int) -> tuple[Tensor, Tens
     return teacher_max_prob, counts.max() / classes.numel()
 
 
+def default_eval_every(iterations: int) -> int:
+    """The evaluation period when method.eval_every is null: a tenth of the run, at most 1,000 iterations
+    (the study's period), so a run of any length gets about ten evaluations and a long one one every 1,000."""
+    return max(1, min(1000, iterations // 10))
+
+
 class ZeroShot(PicklableGenerators, DistillationModule):
     """Adversarial belief matching between a generator, a student and a frozen teacher."""
 
     trains = True
     uses_attention = True  # zskt.run passes `attention_layers`
     uses_train_data = False
+    logs_in_iterations = True
 
     def __init__(
         self,
@@ -93,7 +101,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         temperature: float,
         grad_clip: float,
         student_batch: str,
-        eval_every: int,
+        eval_every: int | None,
         budget_scale: float,
         noise_seed: int,
         channels_last: bool,
@@ -124,7 +132,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             self.generator.compile()
         self.bf16_parts = PRECISION_MIXES[precision_mix]
         self.total_iterations = scaled(iterations, budget_scale)
-        self.eval_every = min(eval_every, self.total_iterations)
+        self.eval_every = min(eval_every or default_eval_every(self.total_iterations), self.total_iterations)
         self.max_epochs = math.ceil(self.total_iterations / self.eval_every)
         self.noise = torch.Generator()
         self.use_attention(attention_layers, beta, IMAGE_SIZE)
@@ -225,7 +233,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.log("train/teacher_max_prob", teacher_max_prob, batch_size=1)
         self.log("train/top_class_share", top_class_share, batch_size=1)
         self.log("train/student_max_prob", student_logits.float().softmax(1).amax(1).mean(), batch_size=1)
-        self.log("train/iteration", float(self.iteration + 1), batch_size=1)
+        self.log_iteration_axis()
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -236,6 +244,10 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         self.teacher_confidence.reset()
         self.top_class_share.reset()
         self.evaluations[-1].update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
+        if self.trainer.is_global_zero:
+            evaluation = self.evaluations[-1]
+            log.info(f"iteration {self.iteration}/{self.total_iterations}: student test accuracy "
+                     f"{evaluation['test_acc']:.2f}%, top_class_share {share:.2f} (collapse signal)")
         if self.hparams.restart_collapsed_generator:
             self.restart_if_collapsed()
         else:
@@ -341,4 +353,5 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # cosine annealing to 0 over the run, stepped once per iteration
         sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=self.total_iterations)
         sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=self.total_iterations)
-        return [opt_g, opt_s], [sched_g, sched_s]
+        # the names LearningRateMonitor logs them under (else lr-Adam and lr-Adam-1)
+        return [opt_g, opt_s], [{"scheduler": sched_g, "name": "lr/generator"}, {"scheduler": sched_s, "name": "lr/student"}]
