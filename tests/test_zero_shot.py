@@ -118,36 +118,37 @@ def test_evaluations_record_the_teachers_view_and_a_collapse_is_reported_once(tm
     assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
 
 
-class _RecordGeneratorAtEvaluation(pl.Callback):
-    """The generator's first-layer weights and the Adam state size right after each evaluation."""
+class _RecordGeneratorAfterIteration(pl.Callback):
+    """The generator's first-layer weights and the size of its Adam state after each iteration."""
 
     def __init__(self) -> None:
         self.weights: list[torch.Tensor] = []
         self.adam_states: list[int] = []
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.weights.append(pl_module.generator.fc.weight.detach().clone())
         self.adam_states.append(len(trainer.optimizers[0].state))
 
 
 def test_restart_guard_reinitialises_a_collapsed_generator_and_resumes_exactly(tmp_path, teacher_zoo, caplog):
-    # every block counts as collapsed at a threshold of 0.01; the first block never does (the
-    # generator's start): restarts at the evaluations after iterations 4 and 6
-    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=6", "method.collapse_class_share=0.01",
-                                    "method.restart_collapsed_generator=true")
-    recorder = _RecordGeneratorAtEvaluation()
-    with caplog.at_level("WARNING", logger="zskt"):
+    # at a share of 0.01 every batch counts as collapsed: 3 in a row restart the generator, at iterations 3 and 6
+    overrides = zero_shot_overrides(teacher_zoo, "method.iterations=6", "method.restart_after=3",
+                                    "method.restart_class_share=0.01")
+    recorder = _RecordGeneratorAfterIteration()
+    with caplog.at_level("INFO", logger="zskt"):
         straight = zskt.run.execute(compose_cfg(tmp_path / "a", overrides), callbacks=[recorder])
-    assert [e.get("generator_restarted", False) for e in straight["evaluations"]] == [False, True, True]
-    assert straight["generator_restarts"] == 2
+    assert straight["generator_restarts"] == 2 and straight["generator_restarted_at"] == [3, 6]
     said = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
-    assert len(said) == 2 and "iteration 4" in said[0] and "iteration 6" in said[1]
+    assert len(said) == 2 and "iteration 3" in said[0] and "iteration 6" in said[1]
     # the new weights: a fresh generator from the seed of noise_seed (0) and the iteration; Adam starts over
-    for weights, iteration in zip(recorder.weights[1:], (4, 6)):
+    for iteration in (3, 6):
         torch.manual_seed(0 * 1_000_003 + iteration)
-        assert torch.equal(weights, Generator().fc.weight)
-    assert recorder.adam_states == [len(list(Generator().parameters())), 0, 0]
+        assert torch.equal(recorder.weights[iteration - 1], Generator().fc.weight)
+    n_params = len(list(Generator().parameters()))
+    assert recorder.adam_states == [n_params, n_params, 0, n_params, n_params, 0]
 
+    # killed after iteration 4 (one collapsed iteration counted since the restart): the count is state,
+    # so the resumed run restarts at 6 as the straight one did
     with pytest.raises(RuntimeError, match="simulated kill"):
         zskt.run.execute(compose_cfg(tmp_path / "b", overrides), callbacks=[KillAtEpoch(2)])
     resumed = zskt.run.execute(compose_cfg(tmp_path / "b", ["resume=true"]))
@@ -155,14 +156,14 @@ def test_restart_guard_reinitialises_a_collapsed_generator_and_resumes_exactly(t
     b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert tensors_equal(a["state_dict"], b["state_dict"], "generator.")
     assert tensors_equal(a["state_dict"], b["state_dict"], "student.")
-    assert resumed["evaluations"] == straight["evaluations"] and resumed["generator_restarts"] == 2
+    assert resumed["evaluations"] == straight["evaluations"]
+    assert resumed["generator_restarted_at"] == [3, 6]
 
 
 def test_without_the_guard_a_collapsed_generator_is_left_alone(tmp_path, teacher_zoo):
     results = zskt.run.execute(compose_cfg(tmp_path, zero_shot_overrides(
-        teacher_zoo, "method.iterations=4", "method.collapse_class_share=0.01")))
-    assert results["generator_restarts"] == 0
-    assert not any(e.get("generator_restarted") for e in results["evaluations"])
+        teacher_zoo, "method.iterations=4", "method.restart_class_share=0.01")))
+    assert results["generator_restarts"] == 0 and results["generator_restarted_at"] == []
 
 
 class _RecordOutputDtypes(pl.Callback):

@@ -143,7 +143,8 @@ RULES: dict[str, dict[str, Any]] = {
         "noise_seed": SEED,
         "collapse_class_share": Number("a number above 0 and at most 1, or null (never warn)", low=0, high=1, open_low=True,
                                     optional=True),
-        "restart_collapsed_generator": FLAG,
+        "restart_after": Number("a positive integer, or null (never restart)", integer=True, low=1, optional=True),
+        "restart_class_share": Number("a number above 0 and at most 1", low=0, high=1, open_low=True),
         "generator": {"z_dim": POSITIVE_INT, "hidden": POSITIVE_INT, "negative_slope": NON_NEGATIVE},
         # SGD and Adam recipes
         "lr": POSITIVE,

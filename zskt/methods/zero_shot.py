@@ -24,9 +24,11 @@ one just the remainder, so the run stops after exactly `iterations` iterations. 
 also records two means over the block's generated batches: the teacher's top-class probability
 and the share of a batch in its most frequent teacher class. At a share of `collapse_class_share`
 or more, from the second evaluation on, the generator has collapsed onto a class or two (the
-student then learns little beyond them), and the run says so once; with
-`restart_collapsed_generator` it instead re-initialises the generator and its optimiser there
-and goes on (not in the paper's algorithm: an opt-in guard, off in the paper presets). Under
+student then learns little beyond them), and the run says so once. With `restart_after` N, a
+guard outside the paper's algorithm (off in the paper presets, on in the demo) acts sooner: after
+N iterations in a row whose batch fell at least `restart_class_share` in one teacher class it
+re-initialises the generator and its optimiser, before the student has learnt much from one
+class. Under
 manual optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
@@ -107,7 +109,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         channels_last: bool,
         compile: bool,
         collapse_class_share: float | None = None,
-        restart_collapsed_generator: bool = False,
+        restart_after: int | None = None,
+        restart_class_share: float = 0.9,
         precision_mix: str = "off",
     ) -> None:
         if precision_mix not in PRECISION_MIXES:
@@ -121,7 +124,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                            ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
                            ("temperature", temperature), ("grad_clip", grad_clip),
                            ("collapse_class_share", collapse_class_share),
-                           ("restart_collapsed_generator", restart_collapsed_generator)):
+                           ("restart_after", restart_after), ("restart_class_share", restart_class_share)):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
@@ -140,6 +143,9 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # the mean share of a batch in its most frequent teacher class (the collapse signal)
         self.teacher_confidence = MeanMetric()
         self.top_class_share = MeanMetric()
+        # the restart guard: iterations in a row with a collapsed batch, and the iterations it restarted at
+        self.collapsed_in_a_row = 0
+        self.restarted_at: list[int] = []
 
     # ------------------------------------------------------------------ Algorithm 1
     def training_step(self, batch, batch_idx: int) -> None:
@@ -174,6 +180,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         teacher_max_prob, top_class_share = teacher_view(teacher_logits.detach(), self.num_classes)
         self.teacher_confidence.update(teacher_max_prob)
         self.top_class_share.update(top_class_share)
+        if hp.restart_after is not None:
+            self.restart_if_collapsed(top_class_share)
         self.log_iteration(loss_g, loss_s, teacher_max_prob, top_class_share, student_logits.detach())
 
     def student_steps(self, z: Tensor, x_pre_update: Tensor, seen: tuple[Tensor, list[Tensor]] | None, opt_s) -> Tensor:
@@ -248,46 +256,41 @@ class ZeroShot(PicklableGenerators, DistillationModule):
             evaluation = self.evaluations[-1]
             log.info(f"iteration {self.iteration}/{self.total_iterations}: student test accuracy "
                      f"{evaluation['test_acc']:.2f}%, top_class_share {share:.2f} (collapse signal)")
-        if self.hparams.restart_collapsed_generator:
-            self.restart_if_collapsed()
-        else:
-            self.report_collapse()
+        self.report_collapse()
 
-    def collapsed(self, share: float) -> bool:
-        """Whether an evaluation block with this mean class share counts as collapsed: at or above the
-        threshold, and not the first block (from random weights a generator's batches often fall mostly
-        in a class or two before they spread out)."""
-        threshold = self.hparams.collapse_class_share
-        return threshold is not None and len(self.evaluations) > 1 and share >= threshold
-
-    def restart_if_collapsed(self) -> None:
-        """Re-initialise the generator and its Adam state when the block just evaluated was collapsed:
-        its loss (-KL) has no slope left to climb there. The new weights come from a seed fixed by the
-        run's noise seed and the iteration, so every DDP rank draws the same ones and a resumed run
-        repeats them; the student, the schedules and the noise stream go on."""
-        evaluation = self.evaluations[-1]
-        if not self.collapsed(evaluation["top_class_share"]):
+    def restart_if_collapsed(self, top_class_share: Tensor) -> None:
+        """The restart guard (see the module docstring). A collapsed generator's loss (-KL) has no slope
+        left to climb, and every student step on its one-class batches teaches the student one class. The
+        new weights come from a seed fixed by the run's noise seed and the iteration, and the share is
+        averaged over DDP ranks, so every rank restarts alike and a resumed run repeats it; the student,
+        the schedules and the noise stream go on."""
+        hp = self.hparams
+        share = float(self.trainer.strategy.reduce(top_class_share, reduce_op="mean"))
+        self.collapsed_in_a_row = self.collapsed_in_a_row + 1 if share >= hp.restart_class_share else 0
+        if self.collapsed_in_a_row < hp.restart_after:
             return
+        self.collapsed_in_a_row = 0
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.hparams.noise_seed * 1_000_003 + self.iteration)
-            fresh = Generator(**self.hparams.generator)
+            torch.manual_seed(hp.noise_seed * 1_000_003 + self.iteration)
+            fresh = Generator(**hp.generator)
         self.generator.load_state_dict(fresh.state_dict())
         self.trainer.optimizers[0].state.clear()  # the generator's Adam moments belong to the old weights
-        evaluation["generator_restarted"] = True
+        self.restarted_at.append(self.iteration)
         if self.trainer.is_global_zero:
-            log.warning(f"zskt: the generator collapsed by iteration {self.iteration} ({evaluation['top_class_share']:.0%} "
-                        "of a generated batch in one teacher class over the evaluation block): re-initialised it and "
-                        "its optimiser (method.restart_collapsed_generator=true)")
+            log.info(f"zskt: the generator collapsed at iteration {self.iteration} (at least {hp.restart_class_share:.0%} "
+                     f"of its batch in one teacher class for {hp.restart_after} iterations in a row): re-initialised it "
+                     "and its optimiser (method.restart_after)")
 
     def extra_results(self) -> dict:
-        return {"generator_restarts": sum(1 for e in self.evaluations if e.get("generator_restarted"))}
+        return {"generator_restarts": len(self.restarted_at), "generator_restarted_at": list(self.restarted_at)}
 
     def report_collapse(self) -> None:
         """Say once when the generated batches look collapsed (see the module docstring): at the first
         evaluation whose class share reaches the threshold. Read from `evaluations`, which the checkpoint
         keeps, so a resumed run does not say it again."""
         threshold = self.hparams.collapse_class_share
-        # not on the first block (see `collapsed`)
+        # not on the first block: from random weights a generator's batches often fall mostly in a class
+        # or two before they spread out
         shares = [e["top_class_share"] for e in self.evaluations[1:] if "top_class_share" in e]
         if threshold is None or not shares or shares[-1] < threshold or any(s >= threshold for s in shares[:-1]):
             return
@@ -339,11 +342,15 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         # Lightning saves no RNG state: without this a resumed run draws a different noise stream
         states = self.all_gather(self.noise.get_state().to(self.device)).cpu()
         checkpoint["noise_states"] = states if states.dim() == 2 else states[None]
+        checkpoint["restart_guard"] = {"collapsed_in_a_row": self.collapsed_in_a_row, "restarted_at": list(self.restarted_at)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         states = checkpoint["noise_states"]
         self.noise.set_state(states[min(self.global_rank, len(states) - 1)].to(torch.uint8).clone())
+        guard = checkpoint.get("restart_guard", {})
+        self.collapsed_in_a_row = guard.get("collapsed_in_a_row", 0)
+        self.restarted_at = list(guard.get("restarted_at", []))
 
     def configure_optimizers(self):
         hp = self.hparams
