@@ -181,7 +181,7 @@ def measure_zero_shot(spec: dict) -> dict:
             iterations=iterations,
             batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
             channels_last=spec["channels_last"], compile=spec["compile"],
-            student_batch=spec.get("student_batch", "pre_update"),
+            student_batch=spec.get("student_batch", "pre_update"), precision_mix=spec.get("precision_mix", "off"),
         )
 
     def fit(module: ZeroShot, callbacks: list) -> None:
@@ -204,7 +204,8 @@ def measure_zero_shot(spec: dict) -> dict:
         fit(module, [])
     flops = counter.get_total_flops()
     return {
-        "precision": spec["precision"], "channels_last": spec["channels_last"], "compile": spec["compile"],
+        "precision": spec["precision"], "precision_mix": spec.get("precision_mix", "off"),
+        "channels_last": spec["channels_last"], "compile": spec["compile"],
         "batch_size": spec["batch_size"], "seconds_per_iteration": round(seconds, 4),
         "peak_memory_mb": round(peak, 1), "gflop_per_iteration": round(flops / 1e9, 2),
         "gflops_achieved": round(flops / 1e9 / seconds, 1), "phase_seconds": phase_seconds,
@@ -521,6 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "32-true", "bf16-mixed"),
                         help="precision of the default setting and the plain loops (auto: what method=zero_shot resolves to here)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile in the default setting")
+    parser.add_argument("--precision-mixes", default="",
+                        help="comma-separated method.precision_mix values to time as well, each in 32-true with the "
+                             "default setting's other switches (e.g. off,student_bf16,generator_fp32,fp32_compiled)")
     parser.add_argument("--scratch-images", type=int, default=50000,
                         help="images in the scratch-epoch measurement (default 50000, CIFAR-10's train set; 0 skips it)")
     parser.add_argument("--quick", action="store_true",
@@ -552,6 +556,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    from zskt.methods.zero_shot import PRECISION_MIXES
+
+    unknown = [m.strip() for m in args.precision_mixes.split(",") if m.strip() and m.strip() not in PRECISION_MIXES]
+    if unknown:
+        parser.error(f"--precision-mixes: unknown {', '.join(unknown)}; choose from {', '.join(PRECISION_MIXES)}")
     if args.generator_hidden is None:  # the width a run gets: conf/generator, the one place it lives
         args.generator_hidden = compose_config([]).generator.hidden
     if args.generator_hidden < 2:  # its last hidden layer has hidden // 2 channels
@@ -607,6 +616,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: zero-shot iteration at batch {bs}", file=sys.stderr)
         result = report["default"] if bs == args.batch_size else run_isolated("zero_shot", {**default, "batch_size": bs})
         report["batch_sweep"].append({k: result[k] for k in ("batch_size", "seconds_per_iteration", "peak_memory_mb")})
+    report["precision_mixes"] = []
+    for mix in (m.strip() for m in args.precision_mixes.split(",") if m.strip()):
+        print(f"bench: zero-shot iteration, method.precision_mix={mix}", file=sys.stderr)
+        result = run_isolated("zero_shot", {**default, "precision": "32-true", "precision_mix": mix})
+        report["precision_mixes"].append({k: result[k] for k in (
+            "precision_mix", "seconds_per_iteration", "cpu_seconds_per_iteration", "phase_seconds", "peak_memory_mb")})
     if args.scratch_images > 0:
         print(f"bench: scratch epoch over {args.scratch_images} in-memory images", file=sys.stderr)
         report["scratch"] = run_isolated("scratch", {**default, "batch_size": 128, "scratch_images": args.scratch_images})

@@ -93,9 +93,13 @@ def test_the_bench_runs_a_pair_that_is_not_two_wrns(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     bench.main(["--teacher", "resnet8", "--student", "wrn-10-1", "--batch-size", "4", "--batch-sizes", "",
                 "--scratch-images", "0", "--iterations", "1", "--warmup", "1", "--n-student-steps", "2",
-                "--precision", "32-true", "--out", str(out)])
+                "--precision", "32-true", "--precision-mixes", "off,student_bf16", "--out", str(out)])
     report = json.loads(out.read_text())
     assert (report["teacher"], report["student"]) == ("ResNet-8", "WRN-10-1")
+    # each named mix timed by phase, in the order asked
+    assert [m["precision_mix"] for m in report["precision_mixes"]] == ["off", "student_bf16"]
+    for mix in report["precision_mixes"]:
+        assert mix["seconds_per_iteration"] > 0 and mix["phase_seconds"]["student_steps"] > 0
     assert report["teacher_arch"]["family"] == "resnet"
     module, same = report["default"], report["plain_loop_same_work"]
     for key in ("seconds_per_iteration", "gflop_per_iteration", "gflops_achieved", "cpu_seconds_per_iteration"):
@@ -149,7 +153,9 @@ def test_repeats_measure_the_compared_settings_in_turn_and_keep_each_ones_fastes
 
 
 @pytest.mark.parametrize("flag, value, says", [("--repeats", "0", "--repeats must be at least 1, got 0"),
-                                               ("--generator-hidden", "1", "--generator-hidden must be at least 2, got 1")])
+                                               ("--generator-hidden", "1", "--generator-hidden must be at least 2, got 1"),
+                                               ("--precision-mixes", "off,bf16_all",
+                                                "--precision-mixes: unknown bf16_all; choose from off, student_bf16")])
 def test_a_count_out_of_range_is_one_line_and_exit_2(flag, value, says, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main([flag, value, "--out", "/nonexistent/bench.json"])
