@@ -35,10 +35,25 @@ def test_script_writes_the_cosine_of_fp32_and_bf16_gradients(tmp_path):
     save_model(teacher, path, dataset="digits", mean=(0.5,) * 3, std=(0.25,) * 3, method="scratch")
     out = tmp_path / "precision.json"
     results = precision_compare.main(["--teacher", str(path), "--student", "10-1", "--seed", "3",
-                                      "--batch-size", "4", "--device", "cpu", "--out", str(out)])
+                                      "--batch-size", "4", "--device", "cpu", "--collapse-steps", "0", "--out", str(out)])
     assert json.loads(out.read_text()) == results
     assert results["seed"] == 3 and results["batch_size"] == 4 and results["device"] == "cpu"
-    # bf16 rounds: the directions agree closely but not exactly
-    assert 0.9 < results["cosine"] < 1.0, results
-    assert results["relative_difference"] > 0.0 and results["grad_norm_fp32"] > 0.0
-    assert results["per_parameter_cosine"]["bn3.weight"] > 0.9  # a parameter with a real gradient
+    assert "collapsed" not in results
+    for case in ("generator_step_bf16_mixed", "generator_step_generator_fp32", "student_step_bf16"):
+        # bf16 rounds: the directions agree closely but not exactly
+        measured = results["fresh"][case]
+        assert 0.9 < measured["cosine"] < 1.0, (case, measured)
+        assert measured["relative_difference"] > 0.0 and measured["grad_norm_fp32"] > 0.0
+    assert results["fresh"]["generator_step_bf16_mixed"]["per_parameter_cosine"]["bn3.weight"] > 0.9
+    assert 0.25 <= results["fresh"]["top_class_share"] <= 1.0  # 4 images: at least one in the top class
+
+
+def test_a_generator_grown_to_collapse_puts_the_batch_in_one_class():
+    torch.manual_seed(2)
+    teacher, student, generator = WideResNet(10, 2).eval(), WideResNet(10, 1), Generator()
+    z = torch.randn(8, 100)
+    collapsed, steps = precision_compare.grow_collapsed(teacher, student, generator, z, max_steps=60, share=0.9, lr=1e-2)
+    assert steps < 60  # it got there
+    measured = precision_compare.compare(teacher, student, collapsed, z)
+    assert measured["top_class_share"] >= 0.875  # 7 or 8 of the 8 images in one class
+    assert not torch.equal(collapsed.fc.weight, generator.fc.weight)  # the generator passed in is left alone
