@@ -101,10 +101,11 @@ def compare(teacher: nn.Module, student: nn.Module, generator: nn.Module, z: Ten
 
 
 def grow_collapsed(teacher: nn.Module, student: nn.Module, generator: nn.Module, z: Tensor, max_steps: int,
-                   share: float, lr: float) -> tuple[nn.Module, int]:
+                   share: float, lr: float, confidence: float = 0.0) -> tuple[nn.Module, int]:
     """A generator collapsed as it does in a run: trained in fp32 by the generator step's own loss
     (Adam at `lr`) against the fixed student, batch after batch, until the teacher puts at least `share`
-    of the batch `z` in one class (or `max_steps` pass). Returns it and the steps it took."""
+    of the batch `z` in one class with a mean top-class probability of at least `confidence` (or
+    `max_steps` pass). Returns it and the steps it took."""
     generator = copy.deepcopy(generator).train()
     student = copy.deepcopy(student).train().requires_grad_(False)
     optimiser = torch.optim.Adam(generator.parameters(), lr=lr)
@@ -117,8 +118,9 @@ def grow_collapsed(teacher: nn.Module, student: nn.Module, generator: nn.Module,
         loss.backward()
         optimiser.step()
         with torch.no_grad():
-            classes = teacher(generator(z)).argmax(1)
-        if torch.bincount(classes).max() >= share * classes.numel():
+            probs = teacher(generator(z)).float().softmax(1)
+        classes = probs.argmax(1)
+        if torch.bincount(classes).max() >= share * classes.numel() and probs.amax(1).mean() >= confidence:
             return generator, step
     return generator, max_steps
 
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="at most this many generator steps to grow the collapsed case (0: the fresh case only)")
     parser.add_argument("--collapse-share", type=float, default=0.9,
                         help="the share of a batch in one teacher class that counts as collapsed (default 0.9)")
+    parser.add_argument("--collapse-confidence", type=float, default=0.999,
+                        help="and the teacher's mean top-class probability on it (default 0.999: the saturated softmax "
+                             "of a run stuck at chance)")
     parser.add_argument("--generator-lr", type=float, default=1e-3, help="Adam's rate while growing the collapse")
     parser.add_argument("--out", default="precision_compare.json")
     args = parser.parse_args(argv)
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.collapse_steps > 0:
         collapsed, steps = grow_collapsed(teacher, student, generator, z, args.collapse_steps, args.collapse_share,
-                                          args.generator_lr)
+                                          args.generator_lr, args.collapse_confidence)
         results["collapsed"] = {"generator_steps": steps, **compare(teacher, student, collapsed, z)}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

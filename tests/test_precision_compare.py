@@ -52,8 +52,10 @@ def test_a_generator_grown_to_collapse_puts_the_batch_in_one_class():
     torch.manual_seed(2)
     teacher, student, generator = WideResNet(10, 2).eval(), WideResNet(10, 1), Generator()
     z = torch.randn(8, 100)
-    collapsed, steps = precision_compare.grow_collapsed(teacher, student, generator, z, max_steps=60, share=0.9, lr=1e-2)
+    collapsed, steps = precision_compare.grow_collapsed(teacher, student, generator, z, max_steps=60, share=0.9, lr=1e-2,
+                                                        confidence=0.2)
     assert steps < 60  # it got there
     measured = precision_compare.compare(teacher, student, collapsed, z)
     assert measured["top_class_share"] >= 0.875  # 7 or 8 of the 8 images in one class
+    assert measured["teacher_max_prob"] >= 0.2  # and the (random) teacher is as sure as asked
     assert not torch.equal(collapsed.fc.weight, generator.fc.weight)  # the generator passed in is left alone
