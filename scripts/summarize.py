@@ -408,6 +408,23 @@ def draw_curves(ax, rows: list[dict], paper: bool) -> None:
         ax.legend(fontsize=7, loc="lower right")
 
 
+def scratch_cell(rows: list[dict], dataset: str, student: str) -> str:
+    """The student's own accuracy without a teacher: its full-data scratch runs, else its no-teacher
+    (few-shot scratch) runs at each M the sweep holds, one line per M."""
+    own = [r for r in rows if r["method"] == "scratch" and not r["teacher"] and (r["dataset"], r["student"]) == (dataset, student)]
+    full = [r for r in own if r["m"] is None]
+    if full:
+        best = max(full, key=lambda r: r["n"])
+        return cell(best["test_acc_mean"], best["test_acc_std"])
+    return "\n".join(f"{cell(r['test_acc_mean'], r['test_acc_std'])}\n(M = {r['m_label']})"
+                     for r in sorted(own, key=lambda r: r["m"])) or "-"
+
+
+def table_pairs(rows: list[dict]) -> int:
+    """How many teacher/student pairs the table draws (its lines)."""
+    return len({(r["dataset"], r["teacher"], r["student"]) for r in rows if r["teacher"] and r["method"] not in NOT_TRAINED})
+
+
 def draw_table(ax, rows: list[dict], max_columns: int = 6) -> None:
     """Table 1: one line per (dataset, teacher, student), one column per (method, from, M) - the columns
     with the most pairs first - plus the teacher's accuracy and the student's own scratch accuracy."""
@@ -422,13 +439,11 @@ def draw_table(ax, rows: list[dict], max_columns: int = 6) -> None:
         pairs_of.setdefault((r["method"], r["from"], r["m_label"]), set()).add((r["dataset"], r["teacher"], r["student"]))
     columns = sorted(pairs_of, key=lambda c: (-len(pairs_of[c]), method_rank(c[0]), c[0], c[1] or "",
                                               int(c[2]) if c[2].isdigit() else math.inf))[:max_columns]
-    scratch = {(r["dataset"], r["student"]): r for r in rows if r["method"] == "scratch" and not r["teacher"] and r["m"] is None}
     cells = []
     for dataset, teacher, student in pairs:
         mine = [r for r in taught if (r["dataset"], r["teacher"], r["student"]) == (dataset, teacher, student)]
         teacher_acc = mean_std([r["teacher_test_acc_mean"] for r in mine])[0]
-        own = scratch.get((dataset, student))
-        line = [cell(teacher_acc, None), cell(own["test_acc_mean"], own["test_acc_std"]) if own else "-"]
+        line = [cell(teacher_acc, None), scratch_cell(rows, dataset, student)]
         for method, start, m in columns:
             matches = [r for r in mine if (r["method"], r["from"], r["m_label"]) == (method, start, m)]
             match = max(matches, key=lambda r: r["n"], default=None)  # several budgets: the one with most runs
@@ -448,10 +463,17 @@ def plot(rows: list[dict], path: Path, paper: bool = False) -> None:
     """One PNG, two panels: accuracy vs M (top), the teacher/student table (bottom)."""
     from matplotlib.figure import Figure  # Agg canvas: no display needed
 
-    fig = Figure(figsize=(12, 12), layout="constrained")
-    curves, table = fig.subplots(2, 1, height_ratios=[3, 2])
+    # the table's panel as tall as its lines (a header of up to three lines, then one per pair), so the
+    # figure has no empty band; none without teacher/student pairs
+    pairs = table_pairs(rows)
+    table_inches = 0.55 * (pairs + 3) if pairs else 0.0
+    fig = Figure(figsize=(12, 7 + table_inches), layout="constrained")
+    if pairs:
+        curves, table = fig.subplots(2, 1, height_ratios=[7, table_inches])
+        draw_table(table, rows)
+    else:
+        curves = fig.subplots()
     draw_curves(curves, rows, paper)
-    draw_table(table, rows)
     fig.savefig(path, dpi=110)
 
 
@@ -506,7 +528,7 @@ def curve_labels(rows: list[dict]) -> list[str]:
     lines = collections.Counter((networks_of(r), r["m"]) for r in rows)
     labels = []
     for row in rows:
-        m = "" if row["method"] in ZERO_SHOT else f", {m_label(row['method'], row['m'])}"
+        m = "" if row["method"] in ZERO_SHOT else f", M = {m_label(row['method'], row['m'])}"
         budget = f", {row['budget']}" if lines[(networks_of(row), row["m"])] > 1 else ""
         labels.append(f"{series_label(row, named)}{m}{budget} (n={row['n']})")
     return labels
@@ -573,16 +595,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summarize: error: {err}", file=sys.stderr)
         return 2
     print(markdown(rows, unfinished, args.paper), end="")
+    written = []  # said on stderr: stdout is the table, often redirected into a file
     if args.csv:
         write_csv(rows, args.csv)
+        written.append((args.csv, "the table as CSV"))
     if args.json:
         write_json(rows, unfinished, args.json)
+        written.append((args.json, "groups and unfinished runs as JSON"))
     if args.plot:
         plot(rows, args.plot, args.paper)
+        written.append((args.plot, "accuracy vs M and the teacher/student table"))
     if args.transitions:
         plot_transitions(curves, args.transitions)
+        written.append((args.transitions, "the belief-matching transition curves"))
     if args.curves:
         plot_learning_curves(rows, args.curves, args.paper)
+        written.append((args.curves, "the learning curves"))
+    for path, what in written:
+        print(f"summarize: wrote {path.resolve()} ({what})", file=sys.stderr)
     return 0
 
 

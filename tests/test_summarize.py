@@ -397,3 +397,33 @@ def test_full_budgets_follow_spec_section_4():
     assert full_budget_images("kd_at", "cifar10", 200) == int(200 * 5000 / 200) * 200 * 10  # 10 M images
     assert full_budget_images("scratch", "svhn", 25) == int(100 * 5000 / 25) * 25 * 10
     assert full_budget_images("abm", "cifar10", None) is None
+
+
+def test_the_command_line_says_where_it_wrote_and_the_figure_has_no_empty_band(tree, tmp_path):
+    out = {name: tmp_path / name for name in ("s.png", "c.png", "s.csv")}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "summarize.py"), str(tree), "--plot", str(out["s.png"]),
+                           "--csv", str(out["s.csv"])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"summarize: wrote {out['s.csv']} (the table as CSV)",
+                                        f"summarize: wrote {out['s.png']} (accuracy vs M and the teacher/student table)"]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out["s.png"])[..., :3]
+    inked = (pixels.reshape(pixels.shape[0], -1) < 0.95).any(axis=1)  # rows holding anything but white
+    last = max(i for i, row in enumerate(inked) if row)
+    assert last > 0.93 * pixels.shape[0]  # the table reaches the bottom: no empty band below it
+
+
+def test_the_scratch_column_holds_the_students_no_teacher_runs(tree):
+    rows = summarize.summarize(summarize.find_runs([tree])[0])
+    # no full-data scratch run of WRN-16-1 here: its few-shot scratch runs at M = 10 (20 and 26 %)
+    assert summarize.scratch_cell(rows, "cifar10", "WRN-16-1") == "23.00 ± 4.24\n(M = 10)"
+    full = {**rows[0], "method": "scratch", "teacher": None, "m": None, "m_label": "full", "n": 1,
+            "test_acc_mean": 93.5, "test_acc_std": None}
+    assert summarize.scratch_cell([*rows, full], "cifar10", "WRN-16-1") == summarize.cell(93.5, None)
+
+
+def test_learning_curve_legends_say_which_number_is_m():
+    rows = [{"method": "kd_at", "dataset": "cifar10", "teacher": "WRN-40-2", "student": "WRN-16-1", "m": 2, "n": 1,
+             "budget": "10 ep", "precision": "32-true", "from": None}]
+    assert summarize.curve_labels(rows) == ["kd_at, cifar10, WRN-40-2 → WRN-16-1, M = 2 (n=1)"]
