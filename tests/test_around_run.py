@@ -144,6 +144,13 @@ def test_zero_shot_logs_and_says_everything_in_iterations(tmp_path, teacher_zoo)
         assert (f"iteration {iteration}/20: student test accuracy {evaluation['test_acc']:.2f}%, top_class_share "
                 f"{evaluation['top_class_share']:.2f} (collapse signal)") in output
     assert "Trainer.fit` stopped" not in output and "max_epochs" not in output
+    # the end: both accuracies, where the results and the curves are, the command that opens them
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    run = (tmp_path / "run").resolve()
+    assert (f"zero_shot on digits: final test accuracy {results['test_acc']:.2f}% (best of evaluations "
+            f"{results['best_test_acc']:.2f}%), teacher {results['teacher']['test_acc']:.2f}%; results in "
+            f"{run / 'results.json'}") in output
+    assert f"TensorBoard logs in {run}: open them with `tensorboard --logdir {run}`" in output
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
@@ -196,3 +203,195 @@ def test_zero_shot_evaluation_period_follows_the_run(tmp_path, compose_cfg):
     cfg = compose_cfg(tmp_path, ["method=zero_shot", "method.iterations=40", "method.eval_every=50"])
     with pytest.raises(zskt.run.UserError, match=r"method.eval_every=50 is larger than the run"):
         validate_config(cfg)
+
+
+# a path option naming the wrong kind of thing: {file} is a file, {folder} a folder
+WRONG_KIND = [
+    (["dataset=image_folder", "dataset.root={file}"], "dataset.root={file} is a file, not a folder: pass a folder there"),
+    (["dataset=cifar10", "dataset.root={file}"], "dataset.root={file} is a file, not a folder: pass a folder there"),
+    (["dataset=cifar10", "paths.data={file}"], "paths.data={file} is a file, not a folder: pass a folder there"),
+    (["paths.models={file}"], "paths.models={file} is a file, not a folder: pass a folder there"),
+    (["paths.cache={file}"], "paths.cache={file} is a file, not a folder: pass a folder there"),
+    (["method=evaluate", "student.checkpoint={folder}"],
+     "student.checkpoint={folder} is a folder, not a file: pass a checkpoint file there"),
+    (["method=kd_at", "dataset.m=2", "teacher.checkpoint={folder}", "teacher.train_if_missing=true"],
+     "teacher.checkpoint={folder} is a folder, not a file: pass a checkpoint file there"),
+    (["method=evaluate", "student.checkpoint={file}/model.pt"],
+     "student.checkpoint={file}/model.pt cannot exist: {file} is a file, not a folder: pass a checkpoint file there"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), WRONG_KIND, ids=[" ".join(o) for o, _ in WRONG_KIND])
+def test_a_path_of_the_wrong_kind_is_one_line(tmp_path, capsys, overrides, expected):
+    names = {"file": tmp_path / "a_file", "folder": tmp_path / "a_folder"}
+    names["file"].write_text("not a folder")
+    names["folder"].mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        zskt.run.run(compose_run_config(tmp_path, [o.format(**names) for o in overrides]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"zskt: error: {expected.format(**names)}"
+
+
+def test_the_run_dir_hydra_would_make_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    done = cli(tmp_path, "method=evaluate", "hydra.run.dir=a_file/run")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"zskt: error: hydra.run.dir {tmp_path}/a_file/run cannot exist: {tmp_path}/a_file is a "
+                                   "file, not a folder: pass another hydra.run.dir (or paths.outputs=<a folder>)")
+
+
+def test_an_explicit_option_contradicting_the_checkpoint_is_one_line(tmp_path, teacher_zoo, capsys):
+    teacher = teacher_zoo / "digits" / "wrn-10-2-seed0.pt"
+    common = ["method=kd_at", "dataset.m=2", "method.epochs=1", f"teacher.checkpoint={teacher}"]
+    with pytest.raises(SystemExit):
+        zskt.run.run(compose_run_config(tmp_path, [*common, "teacher.depth=28"]))
+    assert capsys.readouterr().err.strip() == (
+        f"zskt: error: checkpoint {teacher} holds a WRN-10-2 with 10 classes, expected depth 28 (depth=28): "
+        "fix the config or pass the matching checkpoint")
+    # left at its default (WRN-40-2), the option yields to what the file records
+    done = zskt.run.execute(compose_run_config(tmp_path, common))
+    assert done["teacher"]["name"] == "WRN-10-2"
+
+
+UNREAD = [
+    (["+ckpt_path=x.ckpt"], "+ckpt_path=x.ckpt is not read by anything: to continue a run, pass "
+                            "hydra.run.dir=<its dir> resume=true"),
+    (["+trainer.max_epochs=1"], "+trainer.max_epochs=1 is not read by anything: the method's budget sets the length: "
+                                "use method.epochs (zero-shot: method.iterations)"),
+    (["-m", "+trainer.max_epochs=1,2"], "+trainer.max_epochs=1,2 is not read by anything: the method's budget sets "
+                                        "the length: use method.epochs (zero-shot: method.iterations)"),
+    (["+paths.extra=1"], "+paths.extra=1 is not read by anything (paths.extra is not in the config): drop it, or set "
+                         "an existing option (python -m zskt.run --cfg job lists them)"),
+    (["+teacher.depht=16"], "+teacher.depht=16 is not read by anything (teacher.depht is not in the teacher network's "
+                            "options): drop it, or set an existing option (python -m zskt.run --cfg job lists them)"),
+    (["+experiment=demo"], "+experiment=demo: experiment is already in the defaults list (conf/config.yaml): write "
+                           "experiment=demo, without +"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), UNREAD, ids=[" ".join(a) for a, _ in UNREAD])
+def test_an_override_nothing_reads_is_one_line(args, expected):
+    with pytest.raises(zskt.run.UserError) as raised:
+        zskt.run.check_overrides(args)
+    assert str(raised.value) == expected
+
+
+def test_additions_that_are_read_pass():
+    # a custom network's constructor arguments, a Trainer argument, a new callback
+    zskt.run.check_overrides(["student=custom", "student._target_=zskt_test_helpers.TinyNet", "+student.kwargs.width=8",
+                              "+trainer.gradient_clip_val=1.0", "+callbacks.timer._target_=pytorch_lightning.callbacks.Timer"])
+
+
+def test_a_custom_network_that_does_not_import_names_the_cause(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        zskt.run.run(compose_run_config(tmp_path, ["method=evaluate", "student=custom", "student._target_=my_pkg.MyNet"]))
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "zskt: error: student: custom network my_pkg.MyNet does not import (ModuleNotFoundError(\"No module named "
+        "'my_pkg'\") Are you sure that module 'my_pkg' is installed?): check the module path and that it is "
+        "installed or on PYTHONPATH")
+    assert "my_pkg" not in captured.out
+
+
+def test_train_if_missing_is_suggested_only_for_the_zoo_path(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        zskt.run.run(compose_run_config(tmp_path, ["method=kd_at", "dataset.m=2", "teacher.checkpoint=nope.pth"]))
+    assert capsys.readouterr().err.strip() == (
+        "zskt: error: teacher checkpoint nope.pth does not exist: check the path (teacher.checkpoint), or leave it at "
+        "its default, the model zoo's file for teacher.*")
+    with pytest.raises(SystemExit):
+        zskt.run.run(compose_run_config(tmp_path, ["method=kd_at", "dataset.m=2"]))
+    assert "or set teacher.train_if_missing=true" in capsys.readouterr().err
+
+
+OPENMP_PROBE = """
+import os, sys
+class Probe:  # records the OpenMP wait policy when torch starts to load
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "seen" not in globals():
+            globals()["seen"] = os.environ.get("OMP_WAIT_POLICY")
+        return None
+sys.meta_path.insert(0, Probe())
+import zskt.run
+print(seen)
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_entry_point_sets_a_passive_openmp_wait_policy_before_torch(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    done = subprocess.run([sys.executable, "-c", OPENMP_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.strip() == expected
+
+
+FEW_SHOT = ["method=scratch", "dataset.m=2", "student.depth=10", "method.epochs=3"]
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("logger", ["csv", "many"])
+def test_csv_logger_gets_the_curves_hparams_and_final_metrics(tmp_path, logger, caplog):
+    with caplog.at_level(logging.INFO, logger="zskt"):
+        done = zskt.run.execute(compose_run_config(tmp_path, [*FEW_SHOT, f"logger={logger}"]))
+    run = tmp_path / "run"
+    csv_dir = run / "csv" / "version_0"
+    rows = _csv_rows(csv_dir / "metrics.csv")
+    # 3 epochs of one batch (20 images): the loss at every step, an evaluation per epoch, the final numbers last
+    assert [float(r["train/loss"]) > 0 for r in rows if r.get("train/loss")] == [True] * 3
+    assert len([r for r in rows if r.get("eval/acc")]) == 3
+    assert float(rows[-1]["final/test_acc"]) == pytest.approx(done["test_acc"])
+    hparams = (csv_dir / "hparams.yaml").read_text()
+    assert "method: scratch" in hparams and "m: 2" in hparams and "logger: " + logger in hparams
+    assert f"metrics in {csv_dir / 'metrics.csv'}" in caplog.text
+    assert bool(list(run.glob("events.out.tfevents*"))) == (logger == "many")
+    if logger == "many":
+        assert f"open them with `tensorboard --logdir {run}`" in caplog.text
+
+
+def test_mlflow_logger_writes_a_local_store_with_hparams_and_final_metrics(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    done = zskt.run.execute(compose_run_config(tmp_path, [*FEW_SHOT, "logger=mlflow"]))
+    store = tmp_path / "run" / "mlruns"
+    client = MlflowClient(f"file:{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("zskt").experiment_id])
+    assert run.data.params["method"] == "scratch" and run.data.params["m"] == "2"
+    assert run.data.metrics["final/test_acc"] == pytest.approx(done["test_acc"])
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
+
+
+def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no `wandb login` credentials: offline
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import wandb
+
+    done = zskt.run.execute(compose_run_config(tmp_path, [*FEW_SHOT, "logger=wandb"]))
+    try:
+        assert wandb.run.offline and wandb.run.config["m"] == 2 and wandb.run.config["student/name"] == "WRN-10-1"
+        assert wandb.run.summary["final/test_acc"] == pytest.approx(done["test_acc"])
+    finally:
+        wandb.finish()
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))  # the run's records, for `wandb sync`
+
+
+def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    import pytorch_lightning.loggers.mlflow as lightning_mlflow
+
+    monkeypatch.setattr(lightning_mlflow, "_MLFLOW_AVAILABLE", False)  # as on a machine without mlflow
+    with pytest.raises(SystemExit):
+        zskt.run.run(compose_run_config(tmp_path, [*FEW_SHOT, "logger=mlflow"]))
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("zskt: error: logger pytorch_lightning.loggers.MLFlowLogger cannot start (")
+    assert err.endswith("): pip install mlflow-skinny, or choose another logger=")

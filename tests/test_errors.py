@@ -91,7 +91,7 @@ BAD_RUNS = [
     (["method=evaluate", "student.checkpoint={truncated.pt}"], "truncated or corrupt"),
     (["method=evaluate", "student.checkpoint={three_classes.pt}"], "holds a WRN-10-1 with 3 classes, expected 10 classes"),
     (["method=evaluate", "student.checkpoint={generator.pt}"], "not a Wide ResNet state dict"),
-    (["method=evaluate", "student.checkpoint={empty_dir}"], "is a directory"),
+    (["method=evaluate", "student.checkpoint={empty_dir}"], "is a folder, not a file"),
     (["method=kd_at", "dataset.m=2", "teacher.checkpoint={text.pt}"], "is a text file, not a PyTorch checkpoint"),
     (["method.lr=-0.1"], "method.lr=-0.1 is invalid: use a positive number"),
     (["method=zero_shot", "method.grad_clip=0"], "method.grad_clip=0 is invalid"),

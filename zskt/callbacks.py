@@ -27,8 +27,8 @@ class GeneratorSamples(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         generator = getattr(pl_module, "generator", None)
-        logger = trainer.logger
-        if generator is None or not isinstance(logger, TensorBoardLogger) or not trainer.is_global_zero:
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if generator is None or logger is None or not trainer.is_global_zero:
             return
         z = torch.randn(self.n_samples, generator.z_dim, generator=torch.Generator().manual_seed(self.seed))
         was_training = generator.training

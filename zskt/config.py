@@ -7,6 +7,7 @@ Everything here sits below `zskt.run` and the modules it wires, so none of them 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,28 @@ def zoo_path(models: str, dataset: str, network: str, seed: int) -> str:
     return str(Path(str(models)) / str(dataset) / f"{network}-seed{seed}.pt")
 
 
+def wandb_offline() -> bool:
+    """logger=wandb's `offline`: true unless W&B credentials are there (WANDB_API_KEY, or the ~/.netrc
+    entry `wandb login` writes), so the logger never waits for a login prompt or a network."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
 def register_resolvers() -> None:
-    """Make `${zskt_precision:<accelerator>,<method>,<bf16 methods>}` and `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
-    available to the configs."""
+    """Make `${zskt_precision:<accelerator>,<method>,<bf16 methods>}`, `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
+    and `${zskt_wandb_offline:}` available to the configs."""
     if not OmegaConf.has_resolver("zskt_precision"):
         OmegaConf.register_new_resolver("zskt_precision", best_precision)
     if not OmegaConf.has_resolver("zskt_zoo"):
         OmegaConf.register_new_resolver("zskt_zoo", zoo_path)
+    if not OmegaConf.has_resolver("zskt_wandb_offline"):
+        OmegaConf.register_new_resolver("zskt_wandb_offline", wandb_offline)
 
 
 register_resolvers()
@@ -100,9 +116,59 @@ def instantiate_node(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise
 
 
+# sections whose nodes are built with every key they hold (a key the part does not take is already one
+# line, `instantiate_node`), or Hydra's own: a `+key` there is read
+_BUILT_WHOLE = ("method", "dataset", "logger", "generator", "callbacks", "hydra")
+# `+key`s people try, none of which anything reads here, and what to use instead
+_INSTEAD = {
+    "ckpt_path": "to continue a run, pass hydra.run.dir=<its dir> resume=true",
+    "resume_from_checkpoint": "to continue a run, pass hydra.run.dir=<its dir> resume=true",
+    "trainer.max_epochs": "the method's budget sets the length: use method.epochs (zero-shot: method.iterations)",
+    "trainer.min_epochs": "the method's budget sets the length: use method.epochs (zero-shot: method.iterations)",
+    "trainer.max_steps": "the method's budget sets the length: use method.epochs (zero-shot: method.iterations)",
+    "trainer.min_steps": "the method's budget sets the length: use method.epochs (zero-shot: method.iterations)",
+    "trainer.check_val_every_n_epoch": "use method.evaluations (zero-shot: method.eval_every)",
+    "trainer.reload_dataloaders_every_n_epochs": "the method sets it",
+    "trainer.default_root_dir": "use hydra.run.dir=<a folder> (or paths.outputs=...)",
+    "trainer.logger": "use logger=<tensorboard|csv|mlflow|wandb|many>",
+    "trainer.callbacks": "add one with +callbacks.<name>._target_=<its class>",
+}
+
+
+def check_additions(args: list[str]) -> None:
+    """Refuse a `+key=value` that nothing would read (one line, with what to use instead), and a
+    `+group=option` for a group the defaults list already holds (Hydra's 'Multiple values')."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a malformed override: composing it says what is wrong
+        return
+    groups = {folder.name for folder in CONF_DIR.iterdir() if folder.is_dir()}
+    for override in overrides:
+        if override.type.name != "ADD":
+            continue
+        key, text = override.key_or_group, override.input_line
+        section, _, rest = key.partition(".")
+        if key in groups:
+            raise UserError(f"{text}: {key} is already in the defaults list (conf/config.yaml): write "
+                            f"{key}={override.get_value_element_as_str()}, without +")
+        if key in _INSTEAD:
+            raise UserError(f"{text} is not read by anything: {_INSTEAD[key]}")
+        if section in _BUILT_WHOLE and rest or section == "trainer" and rest:
+            continue  # instantiated with all its keys: Lightning's Trainer or the part says if it takes it
+        if section in ("student", "teacher") and rest.startswith("kwargs."):
+            continue  # the constructor arguments of a custom or torchvision network
+        where = f"the {section} network's options" if section in ("student", "teacher") else "the config"
+        raise UserError(f"{text} is not read by anything ({key} is not in {where}): drop it, or set an existing "
+                        "option (python -m zskt.run --cfg job lists them)")
+
+
 def check_overrides(args: list[str]) -> None:
     """Compose the config from the command line once before Hydra does, so an unknown option or key
-    is one line and exit status 2 instead of Hydra's multi-line report. Sweeps are left to Hydra."""
+    is one line and exit status 2 instead of Hydra's multi-line report (a sweep's values are left to
+    Hydra), and refuse additions nothing reads (`check_additions`)."""
+    check_additions(args)
     if any(a in ("-m", "--multirun") or a.startswith("-") for a in args) or not args:
         return
     from hydra.errors import MissingConfigException

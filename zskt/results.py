@@ -120,13 +120,38 @@ def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, da
     }
 
 
-def write_results(results: dict, output_dir: Path) -> None:
-    """results.json, and the run's one-line summary in the log."""
+def write_results(results: dict, output_dir: Path, loggers=()) -> None:
+    """results.json, and the run's summary in the log: its accuracy (and its teacher's), where its
+    results are, and how to open what each of its `loggers` wrote."""
     atomic_write_json(results, output_dir / RESULTS)
     best = results.get("best_test_acc")
     best_text = "" if best is None else f" (best of evaluations {best:.2f}%)"
+    teacher = (results.get("teacher") or {}).get("test_acc")
+    teacher_text = "" if teacher is None else f", teacher {teacher:.2f}%"
     log.info(f"{results['method']} on {results['dataset']}: final test accuracy {results['test_acc']:.2f}%"
-             f"{best_text}; results in {output_dir}")
+             f"{best_text}{teacher_text}; results in {output_dir / RESULTS}")
+    for line in logger_lines(loggers):
+        log.info(line)
+
+
+def logger_lines(loggers) -> list[str]:
+    """Where each of Lightning's loggers wrote the run's curves, and the command that opens them."""
+    from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    lines = []
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            where = Path(logger.log_dir)  # without the trailing / of name="" version=""
+            lines.append(f"TensorBoard logs in {where}: open them with `tensorboard --logdir {where}`")
+        elif isinstance(logger, CSVLogger):
+            lines.append(f"metrics in {Path(logger.log_dir) / 'metrics.csv'}")
+        elif isinstance(logger, MLFlowLogger):
+            lines.append(f"MLflow run {logger.run_id} in {logger.save_dir}: open it with "
+                         f"`mlflow ui --backend-store-uri {logger.save_dir}`")
+        elif isinstance(logger, WandbLogger):
+            lines.append(f"W&B run in {Path(logger.save_dir) / 'wandb'} (offline runs: upload with `wandb sync "
+                         f"{Path(logger.save_dir) / 'wandb'}/offline-run-*`)")
+    return lines
 
 
 def record_divergence(cfg: DictConfig, output_dir: Path, message: str, last_good: Path | None, seconds: float) -> dict:

@@ -7,14 +7,24 @@ stderr and exit status 2.
 
 from __future__ import annotations
 
-import logging
-import signal
-import sys
-import time
-import warnings
-from pathlib import Path
+import os
 
-import hydra
+# OpenMP threads that spin while they wait (libgomp's default) lose their cores on a machine shared
+# with other jobs: the demo's student phase sat at 0/200 for a minute. Passive waiting costs little
+# on an idle machine. OpenMP reads the variable when torch loads it, so this comes before any import
+# of torch; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# logger=mlflow writes MLflow's file store into the run dir (no server), which MLflow 3 keeps behind this switch
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+import logging  # noqa: E402 - after the OpenMP default above
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
@@ -80,6 +90,29 @@ def logging_period(steps: int) -> int:
 LOG_POINTS = 50
 
 
+LOGGER_PACKAGES = {"MLFlowLogger": "mlflow-skinny", "WandbLogger": "wandb"}  # what `pip install` brings each
+
+
+def build_loggers(node: DictConfig) -> list:
+    """The run's Lightning loggers: one logger config (`_target_`), or several by name (logger=many);
+    a logger whose package is not installed is one line saying which to install."""
+    nodes = [("logger", node)] if "_target_" in node else [(f"logger.{name}", child) for name, child in node.items()]
+    loggers = []
+    for what, child in nodes:
+        try:
+            loggers.append(instantiate_node(child, what))
+        except Exception as err:  # Hydra wraps the constructor's (or the import's) failure
+            cause = err.__cause__ or err
+            if not isinstance(cause, ImportError):
+                raise
+            package = LOGGER_PACKAGES.get(str(child.get("_target_")).rsplit(".", 1)[-1], "the package it needs")
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]  # Hydra's: "Error loading 'x':", cause
+            detail = " ".join(lines[1:] or lines)[:200] or type(cause).__name__
+            raise UserError(f"{what} {child.get('_target_')} cannot start ({detail}): pip install {package}, or "
+                            "choose another logger=") from None
+    return loggers
+
+
 def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(), steps: int = 1) -> pl.Trainer:
     """The configured Trainer, with the length and evaluation period the method's budget sets, and the
     logging period of a run `steps` batches long unless trainer.log_every_n_steps is set."""
@@ -92,7 +125,7 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(
             "every_n_epochs") is None else {}
         callbacks.append(instantiate_node(node, f"callbacks.{key}", **every))
     try:
-        return instantiate_node(cfg.trainer, "trainer", logger=instantiate_node(cfg.logger, "logger"),
+        return instantiate_node(cfg.trainer, "trainer", logger=build_loggers(cfg.logger),
                                 callbacks=[*callbacks, *extra_callbacks], default_root_dir=cfg.paths.output_dir,
                                 **kwargs)
     except UserError:
@@ -134,7 +167,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     initial, initial_meta = None, None
     arch = families.arch_from_config(cfg.student, num_classes)
     if cfg.student.get("checkpoint"):
-        initial, initial_meta = load_model(cfg.student.checkpoint, expect=families.checkpoint_expectation(arch),
+        initial, initial_meta = load_model(cfg.student.checkpoint, expect=teachers.expectation("student", arch),
                                            allow_unsafe=cfg.checkpoint.allow_unsafe, family_arch=arch)
         arch = initial_meta["arch"]
     parts, teacher_info = {}, None
@@ -171,7 +204,7 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
         if method_cls.trains:
             results.save_student(cfg, output_dir, module, datamodule, teacher_info, done)
         log_final_hparams(trainer, cfg, done)
-        results.write_results(done, output_dir)
+        results.write_results(done, output_dir, trainer.loggers)
     return done
 
 

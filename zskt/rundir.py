@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def note_new_run_dir(output_dir: str | os.PathLike) -> None:
         _made[path] = (_outermost_missing(path), set(os.listdir(path)) if path.is_dir() else set())
 
 
+def refuse_file(run_dir: Path, key: str) -> None:
+    """Exit with the one line when the dir Hydra is about to create cannot be a folder (Hydra's own
+    mkdir would end in a traceback). An exit, not an exception: Hydra turns a callback's exceptions
+    into warnings and goes on."""
+    from zskt.validation import wrong_kind
+
+    if (problem := wrong_kind(run_dir, "folder")) is not None:
+        print(f"zskt: error: {key} {run_dir} {problem}: pass another {key} (or paths.outputs=<a folder>)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 class HydraRunDir(Callback):
     """Hydra's callback (conf/hydra/default.yaml) around the run dir it creates before the run starts:
     notes whether the dir is new (a refused command then removes it), and on `resume=true` puts the
@@ -119,6 +132,7 @@ class HydraRunDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(str(config.hydra.run.dir)).absolute()  # `${now:}` is cached: the dir Hydra makes next
+        refuse_file(run_dir, "hydra.run.dir")
         note_new_run_dir(run_dir)
         hydra_dir = run_dir / str(config.hydra.output_subdir or ".hydra")
         if config.get("resume") is True and hydra_dir.is_dir():
@@ -127,6 +141,7 @@ class HydraRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        refuse_file(sweep_dir, "hydra.sweep.dir")
         _sweeps[sweep_dir] = (not sweep_dir.exists(), set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set())
         note_new_run_dir(sweep_dir)
 

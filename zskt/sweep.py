@@ -1,4 +1,4 @@
-"""A sweep's final numbers in TensorBoard's HPARAMS tab.
+"""A run's identity and final numbers for its loggers (a sweep's in TensorBoard's HPARAMS tab).
 
 `log_final_hparams` is called by `zskt.run.execute` when a run completes: it logs the run's
 identity and overrides as hyperparameters together with its final metrics, so
@@ -71,9 +71,19 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
 
 
 def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, results: dict) -> None:
-    """Log the run's hyperparameters with its final metrics to every logger of `trainer` (the
-    HPARAMS tab of TensorBoard; the logger writes on global rank 0 only)."""
+    """Log the run's hyperparameters with its final metrics to every logger of `trainer` (TensorBoard's
+    HPARAMS tab, which takes both in one call; CSV, MLflow and W&B take the metrics as a last row; the
+    loggers write on global rank 0 only)."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
     params, metrics = final_hparams(cfg, results)
     for logger in trainer.loggers:
-        logger.log_hyperparams(params, metrics)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+        else:
+            # the networks' names beside the module's own hyperparameters (student/depth, ...) that Lightning
+            # logged at the start: a file store (MLflow's) cannot hold both `student` and `student/depth`
+            logger.log_hyperparams({f"{key}/name" if key in ("student", "teacher") else key: value
+                                    for key, value in params.items()})
+            logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()

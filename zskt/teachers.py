@@ -48,6 +48,28 @@ def network_overrides(teacher: DictConfig) -> list[str]:
     return parts
 
 
+def expectation(role: str, configured: dict) -> dict:
+    """What `role`'s checkpoint must hold: its class count and non-default family
+    (`checkpoint_expectation`), and every network option the command line sets explicitly
+    (`teacher.depth=28`, `student=resnet`): a file holding another network is then a one-line error
+    naming what it holds, not silently taken over the option. Options left at their defaults yield
+    to the file (a model.pt records its own network)."""
+    expect = checkpoint_expectation(configured)
+    if not HydraConfig.initialized():
+        return expect
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    family = configured["family"]
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        key = override.key_or_group
+        if key == role:  # the config group: student=resnet names the family
+            expect["family"] = family
+        elif key.startswith(f"{role}.") and key[len(role) + 1:] in ARCH_KEYS[family] and key[len(role) + 1:] != "kwargs":
+            name = key[len(role) + 1:]
+            expect[name] = configured["target" if name == "target" else name]
+    return expect
+
+
 def choose_checkpoint(raw: DictConfig, cfg: DictConfig, student_meta: dict | None) -> str:
     """The teacher's checkpoint: the one the starting student's model.pt records when the user
     left teacher.checkpoint at its default (on resume the saved config already holds the choice),
@@ -68,7 +90,7 @@ def zoo_checkpoint(cfg: DictConfig) -> str:
 
 def needs_training(cfg: DictConfig) -> bool:
     """True when the teacher's checkpoint is missing and the run may train it (teacher.train_if_missing)."""
-    return not Path(cfg.teacher.checkpoint).is_file() and bool(cfg.teacher.train_if_missing)
+    return not Path(cfg.teacher.checkpoint).exists() and bool(cfg.teacher.train_if_missing)
 
 
 def training_config(raw: DictConfig) -> DictConfig:
@@ -101,14 +123,16 @@ def load_teacher(cfg: DictConfig, num_classes: int, student_meta: dict | None = 
     one to build (a plain state dict does not say which network it is)."""
     path = Path(cfg.teacher.checkpoint)
     if not path.is_file():
-        hint = f"train it with `{training_command(cfg)}`, " if str(path) == zoo_checkpoint(cfg) else ""
-        raise UserError(f"teacher checkpoint {path} does not exist: {hint}pass teacher.checkpoint=PATH, "
-                        "or set teacher.train_if_missing=true")
+        if str(path) == zoo_checkpoint(cfg):  # the zoo's file for this teacher: it can be trained there
+            raise UserError(f"teacher checkpoint {path} does not exist: train it with `{training_command(cfg)}`, "
+                            "pass teacher.checkpoint=PATH, or set teacher.train_if_missing=true")
+        raise UserError(f"teacher checkpoint {path} does not exist: check the path (teacher.checkpoint), or leave it "
+                        "at its default, the model zoo's file for teacher.*")
     configured = arch_from_config(cfg.teacher, num_classes)
     recorded = (student_meta or {}).get("teacher") or {}
     if recorded.get("checkpoint") == str(cfg.teacher.checkpoint) and recorded.get("family") in ARCH_KEYS:
         configured = arch_from_config(recorded, num_classes)
-    model, meta = load_model(path, expect=checkpoint_expectation(configured), allow_unsafe=cfg.checkpoint.allow_unsafe,
+    model, meta = load_model(path, expect=expectation("teacher", configured), allow_unsafe=cfg.checkpoint.allow_unsafe,
                              family_arch=configured)
     # absolute: model.pt records it, and later runs (fine-tune, abm) may start elsewhere
     info = {**network_info(meta["arch"], count_parameters(model)), "num_classes": meta["arch"]["num_classes"],

@@ -3,15 +3,18 @@
 `validate_config` checks a whole resolved config before anything is built (a wrong type, or a
 zero or negative value where that is meaningless, is a one-line `UserError` naming the option);
 the constructors call `check` with the same table for the options they are given, so scripts
-that build a module directly get the same answer. `check_teacher` refuses a teacher that cannot
+that build a module directly get the same answer. Every path option must name the kind of thing it
+should (`check_paths`). `check_teacher` refuses a teacher that cannot
 teach (non-finite weights or outputs) before any training.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -247,9 +250,45 @@ def validate_config(cfg: DictConfig) -> None:
     if isinstance(iterations, int) and isinstance(eval_every, int) and eval_every > iterations:
         raise UserError(f"method.eval_every={eval_every} is larger than the run (method.iterations={iterations}): "
                         f"use method.eval_every <= {iterations}")
+    check_paths(cfg)
     if method.get("nesterov") is True and method.get("momentum") == 0:
         raise UserError("method.momentum=0 with method.nesterov=true: Nesterov needs a positive momentum "
                         "(or set method.nesterov=false)")
+
+
+# ---------------------------------------------------------------------------- path options
+# Every path option of the run's config and the kind of thing it names: a folder the run reads or
+# writes under, or a checkpoint file. (paths.output_dir: `zskt.results.check_output_dir`; the run dir
+# Hydra makes: `zskt.rundir.HydraRunDir`.)
+PATH_OPTIONS = {"paths.outputs": "folder", "paths.data": "folder", "paths.models": "folder", "paths.cache": "folder",
+                "dataset.root": "folder", "dataset.cache_dir": "folder",
+                "student.checkpoint": "file", "teacher.checkpoint": "file"}
+
+
+def wrong_kind(path: str | os.PathLike, kind: str) -> str | None:
+    """Why `path` cannot be the `kind` ("folder" or "file") it should be, where it or a parent exists
+    as the other kind; None when it can (including: it does not exist yet)."""
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    if kind == "file" and path.is_dir():
+        return "is a folder, not a file"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"cannot exist: {parent} is a file, not a folder"
+    return None
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Refuse a path option that names the wrong kind of thing (a file where a folder belongs, or
+    the reverse), before anything is read or written."""
+    for key, kind in PATH_OPTIONS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(value, str) or not value or value == "<memory>":
+            continue
+        if (problem := wrong_kind(value, kind)) is not None:
+            what = "a folder" if kind == "folder" else "a checkpoint file"
+            raise UserError(f"{key}={value} {problem}: pass {what} there")
 
 
 # ---------------------------------------------------------------------------- the teacher

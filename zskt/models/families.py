@@ -16,6 +16,7 @@ An arch without `family` is a WRN (model.pt files written before the families ex
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torchvision
@@ -101,11 +102,19 @@ def _torchvision(name: Any, kwargs: dict, num_classes: int) -> nn.Module:
 def _custom_class(target: Any) -> type:
     if not target or not isinstance(target, str) or target == "???":
         raise UserError("the custom network needs its class: set _target_=my_pkg.MyNet on the student or teacher")
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # get_class also logs the failure to the console: the one line says it
     try:
         cls = get_class(target)
     except Exception as err:  # noqa: BLE001 - Hydra wraps every import failure in its own exception
-        raise UserError(f"custom network {target} does not import ({str(err).splitlines()[0][:160]}): "
+        # its first line is "Error loading 'x':"; the cause (No module named 'my_pkg') follows
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        cause = " ".join(lines[1:] or lines)[:200]
+        raise UserError(f"custom network {target} does not import ({cause}): "
                         "check the module path and that it is installed or on PYTHONPATH") from None
+    finally:
+        hydra_log.setLevel(level)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise UserError(f"custom network {target} is not an nn.Module class: point _target_ at one")
     return cls
