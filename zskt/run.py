@@ -184,6 +184,8 @@ def execute(raw: DictConfig, callbacks=()) -> dict:
     if method_cls.uses_attention:
         parts["attention_layers"] = {"student": families.attention_layers(cfg.student, arch),
                                      "teacher": families.attention_layers(cfg.teacher, teacher_info)}
+    if method_cls.uses_normalization:  # a method that synthesises images in [0, 1]: the dataset's constants
+        parts["normalization"] = {"mean": list(datamodule.mean), "std": list(datamodule.std)}
     module = instantiate_node(cfg.method, "method", student=arch, channels_last=cfg.channels_last,
                               compile=cfg.compile, **parts)
     if initial is not None:

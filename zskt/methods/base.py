@@ -49,6 +49,7 @@ class StudentModule(pl.LightningModule):
     needs_teacher = False
     uses_train_data = True
     uses_attention = False  # True: the method takes `attention_layers` (zskt.models.families.attention_layers)
+    uses_normalization = False  # True: the method takes `normalization`, the dataset's {"mean", "std"} (it makes images)
     measures_start = False  # True: zskt.run measures the starting accuracy (trainer.validate) before fit
     logs_in_iterations = False  # True: a run budgeted in iterations (`iteration`) logs every scalar at its iteration
 
