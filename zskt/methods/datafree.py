@@ -132,3 +132,16 @@ class DataFreeModule(PicklableGenerators, DistillationModule):
         return {"iterations": self.total_iterations, "epochs": self.max_epochs,
                 "budget_scale": self.hparams.budget_scale,
                 "student_images": self.student_images(self.total_iterations, world_size)}
+
+
+def epoch_plan(epochs: int, budget_scale: float) -> tuple[int, float]:
+    """(benchmark epochs to run, the factor each epoch's own lengths shrink by). A budget of at least one
+    epoch runs round(epochs * budget_scale) full epochs; below one epoch (a smoke test) it runs one
+    epoch whose student and synthesis steps are multiplied by epochs * budget_scale (at least 1 each)."""
+    check("method.budget_scale", budget_scale)
+    length = epochs * budget_scale
+    return (max(1, round(length)), 1.0) if length >= 1 else (1, length)
+
+
+def shrunk(n: int, factor: float) -> int:
+    return max(1, round(n * factor))

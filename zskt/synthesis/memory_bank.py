@@ -45,7 +45,8 @@ class MemoryBank(PicklableGenerators):
         if self.count + len(pixels) > len(self.buffer):
             grown = torch.empty((max(2 * len(self.buffer), self.count + len(pixels)), *pixels.shape[1:]),
                                 dtype=torch.uint8)
-            grown[:self.count] = self.images
+            if self.count:
+                grown[:self.count] = self.images
             self.buffer = grown
         self.buffer[self.count:self.count + len(pixels)] = pixels
         self.count += len(pixels)
