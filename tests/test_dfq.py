@@ -96,7 +96,7 @@ def test_budget_scale_and_epochs_count_rounds(tmp_path):
     small = build(tmp_path, "dfq", teacher, budget_scale=0.01)
     assert (small.total_iterations, small.max_epochs) == (80, 2)
     tiny = build(tmp_path, "dfq", teacher, budget_scale=1e-5)  # debug=fast: one round
-    assert (tiny.total_iterations, tiny.max_epochs, tiny.epoch_batches(0)) == (1, 1, 1)
+    assert (tiny.total_iterations, tiny.max_epochs, tiny.epoch_batches()) == (1, 1, 1)
 
 
 def test_a_teacher_without_batchnorm_is_one_line(tmp_path):

@@ -117,13 +117,14 @@ class DataFreeModule(PicklableGenerators, DistillationModule):
         # the loader is rebuilt every epoch: its length is that epoch's batches
         return {**super().trainer_kwargs(), "reload_dataloaders_every_n_epochs": 1}
 
-    def epoch_batches(self, epoch: int) -> int:
-        """Training batches (`training_step` calls) of benchmark epoch `epoch`."""
+    def epoch_batches(self) -> int:
+        """Training batches (`training_step` calls) left in the current benchmark epoch, from the run's own
+        counters (on resume Lightning builds the loader before it moves on to the next epoch)."""
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
         # one placeholder item per batch (the data is synthesised); under DDP Lightning shards it
-        return DataLoader(range(self.epoch_batches(self.current_epoch) * self.trainer.world_size), batch_size=None)
+        return DataLoader(range(self.epoch_batches() * self.trainer.world_size), batch_size=None)
 
     def images_so_far(self) -> int:
         return self.student_images(self.iteration, self.trainer.world_size)

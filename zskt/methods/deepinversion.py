@@ -31,7 +31,7 @@ from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
 from zskt.methods.datafree import DataFreeModule, epoch_plan, frozen, shrunk
 from zskt.synthesis.augment import crop_flip, roll_flip
-from zskt.synthesis.losses import jensen_shannon, total_variation
+from zskt.synthesis.losses import fp32, jensen_shannon, total_variation
 from zskt.synthesis.memory_bank import MemoryBank
 from zskt.validation import check
 
@@ -124,7 +124,7 @@ class DeepInversion(DataFreeModule):
                 x_hat = self.to_input(roll_flip(x, hp.jitter, self.noise))
                 with self.bn_statistics.capture():
                     teacher_logits = self.teacher(x_hat)
-                loss = hp.bn_weight * self.bn_statistics.loss() + hp.oh_weight * F.cross_entropy(teacher_logits.float(), y)
+                loss = hp.bn_weight * self.bn_statistics.loss() + hp.oh_weight * F.cross_entropy(fp32(teacher_logits), y)
                 if hp.adv_weight > 0:
                     student_logits = self.student(x_hat)
                     loss = loss - hp.adv_weight * jensen_shannon(student_logits, teacher_logits, hp.adv_temperature,
@@ -145,8 +145,10 @@ class DeepInversion(DataFreeModule):
         return loss.detach()
 
     # ------------------------------------------------------------------ bookkeeping
-    def epoch_batches(self, epoch: int) -> int:
-        return self.steps_per_epoch if epoch < self.max_epochs else 0
+    def epoch_batches(self) -> int:
+        # the epoch's remaining student steps (all of them, unless resumed from a mid-epoch checkpoint)
+        done = self.iteration
+        return min(self.steps_per_epoch - done % self.steps_per_epoch, self.total_iterations - done)
 
     def student_images(self, iterations: int, world_size: int) -> int:
         return iterations * self.hparams.batch_size * world_size

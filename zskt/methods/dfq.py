@@ -133,8 +133,10 @@ class DFQ(DataFreeModule):
         """Completed rounds (global_step counts optimiser steps: 1 + kd_steps per round)."""
         return self.global_step // (1 + self.hparams.kd_steps)
 
-    def epoch_batches(self, epoch: int) -> int:
-        return max(0, min(self.rounds_per_epoch, self.total_iterations - epoch * self.rounds_per_epoch))
+    def epoch_batches(self) -> int:
+        # the epoch's remaining rounds (all of them, unless resumed from a mid-epoch checkpoint)
+        done = self.iteration
+        return min(self.rounds_per_epoch - done % self.rounds_per_epoch, self.total_iterations - done)
 
     def student_images(self, iterations: int, world_size: int) -> int:
         return iterations * self.hparams.kd_steps * self.hparams.batch_size * world_size

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zskt.errors import UserError
+from zskt.synthesis.losses import fp32
 
 METHODS_THAT_NEED_IT = "method=dfq, method=deepinversion and method=fast"
 
@@ -55,7 +56,7 @@ class BatchNormStatistics:
         """The hook of layer `index`: its term of the loss, and its batch statistics."""
         if not self.active:
             return
-        a = inputs[0].float()
+        a = fp32(inputs[0])
         dims = [d for d in range(a.dim()) if d != 1]
         mean, var = a.mean(dims), a.var(dims, unbiased=False)
         self.last[index] = (mean.detach(), var.detach())
@@ -63,8 +64,8 @@ class BatchNormStatistics:
             mean_bar, var_bar = (s.to(a.device) for s in self.average[index])
             mean = (1 - self.momentum) * mean + self.momentum * mean_bar
             var = (1 - self.momentum) * var + self.momentum * var_bar
-        self.terms[index] = (torch.linalg.vector_norm(module.running_var.float() - var)
-                             + torch.linalg.vector_norm(module.running_mean.float() - mean))
+        self.terms[index] = (torch.linalg.vector_norm(fp32(module.running_var) - var)
+                             + torch.linalg.vector_norm(fp32(module.running_mean) - mean))
 
     @contextlib.contextmanager
     def capture(self):
