@@ -347,6 +347,7 @@ def test_csv_logger_gets_the_curves_hparams_and_final_metrics(tmp_path, logger, 
     # 3 epochs of one batch (20 images): the loss at every step, an evaluation per epoch, the final numbers last
     assert [float(r["train/loss"]) > 0 for r in rows if r.get("train/loss")] == [True] * 3
     assert len([r for r in rows if r.get("eval/acc")]) == 3
+    assert len([r for r in rows if r.get("lr/student")]) == 3  # LearningRateMonitor, at each epoch's start
     assert float(rows[-1]["final/test_acc"]) == pytest.approx(done["test_acc"])
     hparams = (csv_dir / "hparams.yaml").read_text()
     assert "method: scratch" in hparams and "m: 2" in hparams and "logger: " + logger in hparams

@@ -289,6 +289,10 @@ def run(cfg: DictConfig) -> dict:
         print(f"zskt: error: {err}", file=sys.stderr)
         remove_refused_run_dir(output_dir_of(cfg))
         sys.exit(2)
+    except KeyboardInterrupt:  # before or after Lightning's fit, which says more (`fit`)
+        print("zskt: stopped by Ctrl-C outside training: nothing to resume from this moment", file=sys.stderr)
+        remove_refused_run_dir(output_dir_of(cfg))
+        sys.exit(128 + signal.SIGINT)
     except Exception as err:  # a full disk: raised directly, or chained under a failed save in Lightning's handlers
         if (full := disk_full(err)) is None:
             raise

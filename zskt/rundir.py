@@ -158,6 +158,8 @@ def remove_refused_run_dir(output_dir: str | os.PathLike) -> None:
     log) unless it was there before, then the dir and the parents this process created for it while
     they are empty. Nothing that was there before is touched; a dir holding anything else stays."""
     path = Path(output_dir).absolute()
+    for inner in sorted((p for p in _made if path in p.parents), key=lambda p: len(p.parts), reverse=True):
+        remove_refused_run_dir(inner)  # a teacher's run dir inside it (teacher.train_if_missing), deepest first
     if path.parent in _sweeps:  # a sweep's job: its dir is new unless it was in the sweep dir when the sweep began
         created, entries = _sweeps[path.parent]
         if not created and path.name in entries:

@@ -85,5 +85,8 @@ def log_final_hparams(trainer: pl.Trainer, cfg: DictConfig, results: dict) -> No
             # logged at the start: a file store (MLflow's) cannot hold both `student` and `student/depth`
             logger.log_hyperparams({f"{key}/name" if key in ("student", "teacher") else key: value
                                     for key, value in params.items()})
-            logger.log_metrics(metrics, step=trainer.global_step)
+            # at the run's last step on its own axis (iterations for zero-shot, `log_iteration_axis`)
+            module = trainer.lightning_module
+            step = module.iteration if getattr(module, "logs_in_iterations", False) else trainer.global_step
+            logger.log_metrics(metrics, step=step)
         logger.save()

@@ -103,7 +103,9 @@ class Finetune(DistillationModule):
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.student.parameters(), lr=self.hparams.lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # named as the zero-shot methods name theirs (LearningRateMonitor: lr/student, not lr-SGD)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "lr/student"}}
 
     # ------------------------------------------------------------------ training
     def anchor_term(self) -> torch.Tensor:

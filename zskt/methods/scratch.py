@@ -56,7 +56,9 @@ class SGDTrained:
                                     nesterov=r.nesterov, weight_decay=r.weight_decay)
         milestones = sorted({max(1, int(f * self.max_epochs)) for f in r.milestones})
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=r.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # named as the zero-shot methods name theirs (LearningRateMonitor: lr/student, not lr-SGD)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "lr/student"}}
 
 
 class Scratch(SGDTrained, StudentModule):
