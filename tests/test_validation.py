@@ -20,6 +20,13 @@ ZERO_MEANS_SOMETHING = {
     "method.seed", "method.plot_k", "method.generator.negative_slope", "dataset.num_workers",
     "dataset.crop_padding", "dataset.subset_seed", "dataset.split_seed", "dataset.mean",
 }
+# the data-free methods' options where 0 means something (a loss term off, plain SGD, no padding or jitter, no
+# warm-up, Adam's beta 0, a reset at the first call); momentum too (they have no Nesterov switch that needs it)
+DATAFREE = ("method=dfq", "method=deepinversion", "method=fast")
+DATAFREE_ZERO_MEANS_SOMETHING = {f"method.{key}" for key in (
+    "bn_weight", "oh_weight", "adv_weight", "balance_weight", "tv_weight", "l2_weight", "lr_min", "momentum",
+    "generator_betas", "synthesis_betas", "js_clamp", "crop_padding", "jitter", "bn_momentum", "reset_after",
+    "warmup_epochs")}
 # options that hold no number or flag (names, paths, choices): the walk skips them
 NOT_NUMERIC = {"method.student_checkpoint", "method.output_dir", "dataset.root", "dataset.cache_dir"}
 
@@ -103,7 +110,7 @@ def test_every_numeric_option_refuses_a_wrong_type_and_meaningless_values(which,
     assert _refused(cfg, key, -1) is not None, key
     assert _refused(cfg, key, True) is not None, key  # a flag where a number belongs
     zero = _refused(cfg, key, 0)
-    if option in ZERO_MEANS_SOMETHING:
+    if option in ZERO_MEANS_SOMETHING or (which.startswith(DATAFREE) and option in DATAFREE_ZERO_MEANS_SOMETHING):
         assert zero is None or kind == "NoneType", (key, zero)  # (a null list option: 0 is no list)
     else:
         assert zero is not None and option in zero, key
