@@ -363,7 +363,7 @@ def datafree_jobs(preset: str) -> list[DictConfig]:
 @pytest.mark.parametrize("dataset", DATAFREE_DATASETS)
 def test_datafree_preset_sweeps_the_benchmarks_five_pairs(dataset):
     """`experiment=datafree_<dataset>`: zero-shot, fp32, a multirun over the five pairs (each choosing the
-    teacher= and student= families, not only sizes) and seeds 0-2, each job in <pair>/seed<s>/."""
+    teacher= and student= families, not only sizes) and seeds 0-2, each job in <method>/<pair>/seed<s>/."""
     preset = f"datafree_{dataset}"
     cfg = compose_preset(preset)
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweep.dir == f"{OUTPUTS}/{preset}"
@@ -379,7 +379,7 @@ def test_datafree_preset_sweeps_the_benchmarks_five_pairs(dataset):
         assert ("width" in cfg.student) == (student[0] == "wrn") and ("width" in cfg.teacher) == (teacher[0] == "wrn")
         assert (cfg.method.name, cfg.dataset.name, cfg.trainer.precision) == ("zero_shot", dataset, "32-true")
         assert cfg.method.iterations == 80000 and cfg.method.get("budget_scale", 1.0) == 1.0
-        assert job_dir(cfg) == Path(OUTPUTS, preset, pair, f"seed{cfg.seed}")
+        assert job_dir(cfg) == Path(OUTPUTS, preset, "zero_shot", pair, f"seed{cfg.seed}")
         seen.add((pair, cfg.seed))
     assert seen == set(itertools.product(DATAFREE_PAIRS, SEEDS))
     # one pair at one seed from the command line; bf16 only when asked for
