@@ -58,10 +58,11 @@ from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, full_bu
 RESULTS = "results.json"
 RUN_CONFIG = "run_config.yaml"
 TRANSITION_CURVES = "transition_curves.csv"   # written by method=abm beside its results.json
-ZERO_SHOT = ("zero_shot", "zero_shot_modified")  # M = 0: no training images at all
+DATA_FREE = ("dfq", "deepinversion", "fast", "fast_2", "fast_5", "fast_10")  # the field's other data-free methods
+ZERO_SHOT = ("zero_shot", "zero_shot_modified", *DATA_FREE)  # M = 0: no training images at all
 NOT_TRAINED = ("abm", "evaluate")                 # evaluations of an existing model
 SOURCES = ("paper", "study", "benchmark")          # the published numbers' columns (scripts/paper_numbers.py)
-METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", "finetune", "abm", "evaluate")
+METHOD_ORDER = ("scratch", "kd_at", "zero_shot", "zero_shot_modified", *DATA_FREE, "finetune", "abm", "evaluate")
 NOTE = ("final = test accuracy at the end of training (the headline); best-of-evals = best of the periodic "
         "test-set evaluations (test-set model selection, the number the originals report); "
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
@@ -290,7 +291,8 @@ def benchmark_footnote(rows: list[dict]) -> str:
     """Where the benchmark column comes from, that its ZSKT is not the paper's recipe, and the rows on
     which the CMI README's copy of the table disagrees (scripts/paper_numbers.py)."""
     text = (f"benchmark: the data-free KD benchmark's published numbers, from {BENCHMARK_SOURCE}: ZSKT as that "
-            "benchmark ran it (its own recipe: no attention term, T = 20, SGD; not the paper's), and its "
+            "benchmark ran it (its own recipe: no attention term, T = 20, SGD; not the paper's), its DeepInv-2k, DFQ "
+            "and Fast-2/5/10 (methods deepinversion, dfq, fast_2/5/10; fast = Fast-10), and its "
             "teachers' and students' scratch accuracies.")
     differ = []
     for r in rows:
@@ -411,7 +413,8 @@ def draw_curves(ax, rows: list[dict], paper: bool) -> None:
 def scratch_cell(rows: list[dict], dataset: str, student: str) -> str:
     """The student's own accuracy without a teacher: its full-data scratch runs, else its no-teacher
     (few-shot scratch) runs at each M the sweep holds, one line per M."""
-    own = [r for r in rows if r["method"] == "scratch" and not r["teacher"] and (r["dataset"], r["student"]) == (dataset, student)]
+    own = [r for r in rows
+           if r["method"] == "scratch" and not r["teacher"] and (r["dataset"], r["student"]) == (dataset, student)]
     full = [r for r in own if r["m"] is None]
     if full:
         best = max(full, key=lambda r: r["n"])

@@ -80,14 +80,14 @@ def training_steps(module: pl.LightningModule, datamodule) -> int:
     return getattr(module, "max_epochs", 1) * len(datamodule.train_dataloader())
 
 
+LOG_POINTS = 50  # a run's loss curves get this many points, where it is that many batches long
+
+
 def logging_period(steps: int) -> int:
     """trainer.log_every_n_steps when the config leaves it null: every `LOG_POINTS`-th of the run, at
     most every 50 steps (Lightning's default) and at least every step, so a 20-iteration run and a
     30-batch few-shot run each get a curve."""
     return max(1, min(50, steps // LOG_POINTS))
-
-
-LOG_POINTS = 50
 
 
 LOGGER_PACKAGES = {"MLFlowLogger": "mlflow-skinny", "WandbLogger": "wandb"}  # what `pip install` brings each
@@ -106,7 +106,8 @@ def build_loggers(node: DictConfig) -> list:
             if not isinstance(cause, ImportError):
                 raise
             package = LOGGER_PACKAGES.get(str(child.get("_target_")).rsplit(".", 1)[-1], "the package it needs")
-            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]  # Hydra's: "Error loading 'x':", cause
+            # Hydra's import errors read "Error loading 'x':" and then the cause
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
             detail = " ".join(lines[1:] or lines)[:200] or type(cause).__name__
             raise UserError(f"{what} {child.get('_target_')} cannot start ({detail}): pip install {package}, or "
                             "choose another logger=") from None

@@ -62,11 +62,12 @@ def expectation(role: str, configured: dict) -> dict:
     family = configured["family"]
     for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
         key = override.key_or_group
+        option = key[len(role) + 1:] if key.startswith(f"{role}.") else None
+        option = "target" if option == "_target_" else option  # a custom network's class, as its arch names it
         if key == role:  # the config group: student=resnet names the family
             expect["family"] = family
-        elif key.startswith(f"{role}.") and key[len(role) + 1:] in ARCH_KEYS[family] and key[len(role) + 1:] != "kwargs":
-            name = key[len(role) + 1:]
-            expect[name] = configured["target" if name == "target" else name]
+        elif option in ARCH_KEYS[family] and option != "kwargs":
+            expect[option] = configured[option]
     return expect
 
 
