@@ -6,7 +6,8 @@ images per class (None: full data, or no data at all for zero-shot), `metric` is
 (percent) or "mte". A value is a number or (mean, std) over three seeds; None: not published.
 "paper" is Micaelli & Storkey (NeurIPS 2019), "study" the NeurIPS 2019 reproducibility study,
 "benchmark" the data-free KD benchmark's table (BENCHMARK_SOURCE): its ZSKT row on five teacher/student
-pairs, CIFAR-10 and CIFAR-100, and the scratch accuracies of those teachers and students.
+pairs, CIFAR-10 and CIFAR-100, its DeepInv-2k, DFQ and Fast-2/5/10 rows (methods deepinversion, dfq,
+fast_2/5/10; fast is Fast-10), and the scratch accuracies of those teachers and students.
 
 The benchmark's numbers come from the README of github zju-vipa/Fast-Datafree (commit 07476cad); the
 README of github zju-vipa/CMI (commit 0e2b4217), the same authors' earlier copy of the table, agrees
@@ -40,10 +41,34 @@ BENCHMARK = {
     "cifar100": {"zero_shot": (67.74, 54.31, 36.66, 53.60, 54.59),
                  "teacher": (78.05, 71.32, 75.83, 75.83, 75.83), "student": (77.10, 77.10, 65.31, 72.19, 73.56)},
 }
+# the benchmark's other data-free methods (the same README tables, rows DeepInv-2k, DFQ, Fast-2/5/10), per dataset
+# over BENCHMARK_PAIRS, as the methods of this package that run them: deepinversion (its ADI variant, as the benchmark
+# ran it), dfq, fast_2 / fast_5 / fast_10 (method=fast is Fast-10)
+BENCHMARK_METHODS = {
+    "cifar10": {"deepinversion": (93.26, 90.36, 83.04, 86.85, 89.72), "dfq": (94.61, 90.84, 86.14, 91.69, 92.01),
+                "fast_2": (92.62, 84.67, 88.36, 89.56, 89.68), "fast_5": (93.63, 89.94, 88.90, 92.04, 91.96),
+                "fast_10": (94.05, 90.53, 89.29, 92.51, 92.45)},
+    "cifar100": {"deepinversion": (61.32, 54.13, 53.77, 61.33, 61.34), "dfq": (77.01, 66.21, 51.27, 54.43, 64.79),
+                 "fast_2": (69.76, 62.83, 41.77, 53.15, 57.08), "fast_5": (72.82, 65.28, 52.90, 61.80, 63.83),
+                 "fast_10": (74.34, 67.44, 54.02, 63.91, 65.12)},
+}
+for _rows in BENCHMARK_METHODS.values():
+    _rows["fast"] = _rows["fast_10"]
+# the synthesis GPU-hours the README gives beside each number (its "Speed-up" column averages their ratios)
+BENCHMARK_HOURS = {
+    "cifar10": {"zero_shot": (1.67, 0.33, 0.87, 0.87, 0.87), "deepinversion": (42.1, 20.2, 16.9, 21.9, 18.2),
+                "dfq": (8.79, 1.50, 0.75, 0.75, 0.75), "fast_2": (0.06, 0.03, 0.03, 0.03, 0.03),
+                "fast_5": (0.14, 0.08, 0.08, 0.09, 0.08), "fast_10": (0.28, 0.15, 0.15, 0.17, 0.17)},
+    "cifar100": {"zero_shot": (1.67, 0.33, 0.87, 0.87, 0.87), "deepinversion": (42.1, 20.1, 17.0, 21.9, 18.2),
+                 "dfq": (8.79, 1.54, 0.75, 0.75, 0.75), "fast_2": (0.06, 0.03, 0.03, 0.04, 0.04),
+                 "fast_5": (0.14, 0.08, 0.07, 0.09, 0.08), "fast_10": (0.27, 0.16, 0.16, 0.17, 0.17)},
+}
 # where the CMI README's copy of the table differs (CIFAR-100 only): key (as PUBLISHED) -> its value
 BENCHMARK_CMI = {
     **{("zero_shot", None, "cifar100", teacher, student, None, "test_acc"): value
        for (teacher, student), value in zip(BENCHMARK_PAIRS[1:], (34.72, 30.15, 29.73, 28.44))},
+    **{("dfq", None, "cifar100", teacher, student, None, "test_acc"): value
+       for (teacher, student), value in zip(BENCHMARK_PAIRS[1:], (68.32, 54.77, 62.92, 59.01))},
     ("scratch", None, "cifar100", None, "ResNet-18", None, "test_acc"): 77.01,  # its VGG-11 column; 77.10 in the other
 }
 
@@ -109,6 +134,10 @@ def _entries() -> dict[Key, dict[str, Value]]:
             add("zero_shot", dataset, teacher, student, None, benchmark=zero_shot_acc)
             add("scratch", dataset, None, teacher, None, benchmark=teacher_acc)
             add("scratch", dataset, None, student, None, benchmark=student_acc)
+    for dataset, methods in BENCHMARK_METHODS.items():
+        for method, values in methods.items():
+            for (teacher, student), value in zip(BENCHMARK_PAIRS, values):
+                add(method, dataset, teacher, student, None, benchmark=value)
     return out
 
 
