@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from zskt.checkpoints import load_model
 from zskt.hardware import cpu_has_native_bf16
-from zskt.losses import generator_loss
+from zskt.losses import generator_loss, zero_shot_student_loss
+from zskt.models.attention_points import AttentionPoints
 from zskt.models import Generator, WideResNet
 
 
@@ -49,15 +50,18 @@ def generator_gradient(teacher: nn.Module, student: nn.Module, generator: nn.Mod
     return {n: g.float() for n, g in zip(names, grads)}, float(loss.detach())
 
 
-def student_gradient(teacher: nn.Module, student: nn.Module, x: Tensor, bf16: bool) -> tuple[dict[str, Tensor], float]:
-    """The gradient of a student step's KL(t || s) on the batch `x` with respect to each student
-    parameter, and that loss (the attention term left out: it is the same in either precision's
-    terms); on a copy of the student."""
+def student_gradient(teacher: nn.Module, student: nn.Module, x: Tensor, bf16: bool,
+                     beta: float = 0.0) -> tuple[dict[str, Tensor], float]:
+    """The gradient of a student step's loss on the batch `x` with respect to each student parameter,
+    and the loss: KL(t || s), plus `beta` times attention transfer at the WRN groups when `beta` > 0
+    (the zero-shot student's whole loss); on a copy of the student."""
     student = copy.deepcopy(student).train().requires_grad_(True)
+    groups = ["block1", "block2", "block3"]
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         with torch.no_grad():
-            teacher_logits = teacher(x)
-        loss = -generator_loss(student(x), teacher_logits)
+            teacher_logits, teacher_features = AttentionPoints(teacher, groups, "teacher")(x)
+        student_logits, student_features = AttentionPoints(student, groups, "student")(x)
+        loss = zero_shot_student_loss(student_logits, teacher_logits, student_features, teacher_features, beta)
     names, params = zip(*student.named_parameters())
     grads = torch.autograd.grad(loss, params)
     return {n: g.float() for n, g in zip(names, grads)}, float(loss.detach())
@@ -78,10 +82,11 @@ def against_fp32(per32: dict[str, Tensor], loss32: float, per16: dict[str, Tenso
             "per_parameter_cosine": {name: cosine(per32[name], per16[name]) for name in per32}}
 
 
-def compare(teacher: nn.Module, student: nn.Module, generator: nn.Module, z: Tensor) -> dict:
+def compare(teacher: nn.Module, student: nn.Module, generator: nn.Module, z: Tensor, beta: float = 250.0) -> dict:
     """On one batch, each reduced-precision choice of a zero-shot iteration against fp32: the generator
     step all in bf16 (bf16-mixed), the generator step with the generator in fp32 (precision_mix
-    generator_fp32), and a student step in bf16 (what student_bf16 changes; its generator step is fp32);
+    generator_fp32), and a student step in bf16 (what student_bf16 changes; its generator step is fp32),
+    its KL alone and with `beta` times attention transfer;
     plus what the teacher makes of the batch (its top-class probability and the share of the batch in its
     most frequent class: near 1 for a collapsed generator)."""
     fp32 = generator_gradient(teacher, student, generator, z, bf16=False)
@@ -97,6 +102,9 @@ def compare(teacher: nn.Module, student: nn.Module, generator: nn.Module, z: Ten
             *fp32, *generator_gradient(teacher, student, generator, z, bf16=True, generator_in_fp32=True)),
         "student_step_bf16": against_fp32(*student_gradient(teacher, student, x, bf16=False),
                                           *student_gradient(teacher, student, x, bf16=True)),
+        "student_step_bf16_with_attention": against_fp32(
+            *student_gradient(teacher, student, x, bf16=False, beta=beta),
+            *student_gradient(teacher, student, x, bf16=True, beta=beta)),
     }
 
 

@@ -39,13 +39,17 @@ def test_script_writes_the_cosine_of_fp32_and_bf16_gradients(tmp_path):
     assert json.loads(out.read_text()) == results
     assert results["seed"] == 3 and results["batch_size"] == 4 and results["device"] == "cpu"
     assert "collapsed" not in results
-    for case in ("generator_step_bf16_mixed", "generator_step_generator_fp32", "student_step_bf16"):
+    for case in ("generator_step_bf16_mixed", "generator_step_generator_fp32", "student_step_bf16",
+                 "student_step_bf16_with_attention"):
         # bf16 rounds: the directions agree closely but not exactly
         measured = results["fresh"][case]
         assert 0.9 < measured["cosine"] < 1.0, (case, measured)
         assert measured["relative_difference"] > 0.0 and measured["grad_norm_fp32"] > 0.0
     assert results["fresh"]["generator_step_bf16_mixed"]["per_parameter_cosine"]["bn3.weight"] > 0.9
     assert 0.25 <= results["fresh"]["top_class_share"] <= 1.0  # 4 images: at least one in the top class
+    # the attention term adds to the student's loss (250 x a non-negative term)
+    fresh = results["fresh"]
+    assert fresh["student_step_bf16_with_attention"]["loss_fp32"] > fresh["student_step_bf16"]["loss_fp32"]
 
 
 def test_a_generator_grown_to_collapse_puts_the_batch_in_one_class():
