@@ -1,4 +1,4 @@
-"""The data-free KD benchmark's generator (docs/method.md#the-benchmarks-generator), used by DFQ and
+"""The data-free KD benchmark's generator (docs/method.md#notation-and-shared-parts), used by DFQ and
 Fast: z in R^256 -> a 3x32x32 image in [0, 1] (sigmoid), then normalised with the dataset's mean
 and std, so that `forward` gives the classifiers' input like the zero-shot generator does and
 `pixels` gives the [0, 1] image a memory bank stores.
