@@ -66,3 +66,25 @@ def tensors_equal(a: dict, b: dict, prefix: str = "") -> bool:
     keys = [k for k in a if k.startswith(prefix)]
     assert keys and set(keys) == {k for k in b if k.startswith(prefix)}
     return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+class NoBatchNormNet(nn.Module):
+    """A user's network without BatchNorm (a teacher the data-free methods must refuse)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def tensorboard_view(run_dir: Path) -> tuple[dict[str, list[int]], list[str]]:
+    """The run's TensorBoard scalars (tag -> the steps they were logged at) and its image tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    view = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})  # every event file there
+    view.Reload()
+    scalars = {tag: [e.step for e in view.Scalars(tag)] for tag in view.Tags()["scalars"]}
+    return scalars, view.Tags()["images"]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import zskt.run
-from datafree_helpers import MEAN, STD, STUDENT, build, kd, plain_bn_loss, tensors_equal, tiny_overrides
+from datafree_helpers import MEAN, STD, STUDENT, build, kd, plain_bn_loss, tensorboard_view, tensors_equal, \
+    tiny_overrides
 from test_reference_loop import StepRecorder, assert_same_optimizer, assert_states_match, check_and_follow, \
     random_teacher, snapshot, trainer
 from zskt.models import WideResNet
@@ -138,6 +139,10 @@ def test_resume_is_exact_with_the_memory_bank_as_state(tmp_path, teacher_zoo):
     assert tensors_equal(a["state_dict"], b["state_dict"], "student.")
     assert resumed["test_acc"] == straight["test_acc"] and resumed["evaluations"] == straight["evaluations"]
     assert straight["budget"]["student_images"] == 9 * 16
+    # TensorBoard counts student steps: evaluations at 3, 6, 9; the latest banked batch as a grid
+    scalars, images = tensorboard_view(tmp_path / "a" / "run")
+    assert scalars["eval/acc"] == [3, 6, 9] and set(scalars["train/student_loss"]) <= set(range(1, 10))
+    assert "synthesis/latest_batch" in images
 
 
 def test_debug_fast_is_a_smoke_test(tmp_path, teacher_zoo):

@@ -21,7 +21,7 @@ from zskt.errors import UserError
 from zskt.models import WideResNet
 from zskt.models.pixel_generator import PixelGenerator
 from zskt_test_helpers import KillAtEpoch, compose_run_config
-from datafree_helpers import NORMALIZATION, STUDENT
+from datafree_helpers import NORMALIZATION, STUDENT, NoBatchNormNet, tensorboard_view
 
 BATCH, KD_STEPS, ROUNDS, EPOCHS, NOISE_SEED = 8, 2, 2, 3, 5
 
@@ -124,6 +124,10 @@ def test_resume_is_exact_and_the_teacher_stays_frozen(tmp_path, teacher_zoo):
     assert resumed["test_acc"] == straight["test_acc"] and resumed["evaluations"] == straight["evaluations"]
     assert straight["budget"] == {"iterations": 6, "epochs": 3, "budget_scale": 1.0, "student_images": 6 * 2 * 16}
     assert [e["student_images"] for e in straight["evaluations"]] == [64, 128, 192]
+    # TensorBoard counts rounds: the evaluations at rounds 2, 4, 6, the losses at rounds 1 ... 6; sample grids
+    scalars, images = tensorboard_view(tmp_path / "a" / "run")
+    assert scalars["eval/acc"] == [2, 4, 6] and set(scalars["train/student_loss"]) <= set(range(1, 7))
+    assert "generator/samples" in images
     teacher, _ = load_model(teacher_zoo / "digits" / "wrn-10-2-seed0.pt")
     assert tensors_equal(a["state_dict"], {f"teacher.{k}": v for k, v in teacher.state_dict().items()}, "teacher.")
 
@@ -131,3 +135,19 @@ def test_resume_is_exact_and_the_teacher_stays_frozen(tmp_path, teacher_zoo):
 def test_debug_fast_is_a_smoke_test(tmp_path, teacher_zoo):
     results = zskt.run.execute(compose_run_config(tmp_path, tiny_overrides(teacher_zoo, "dfq", "debug=fast")))
     assert results["budget"]["iterations"] == 1 and 0 <= results["test_acc"] <= 100
+
+
+@pytest.mark.parametrize("method", ["dfq", "deepinversion", "fast"])
+def test_a_teacher_without_batchnorm_stops_the_run_with_one_line(tmp_path, capsys, method):
+    from zskt.checkpoints import save_model
+
+    spec = {"family": "custom", "target": "datafree_helpers.NoBatchNormNet", "kwargs": {}, "num_classes": 10}
+    path = tmp_path / "no-bn.pt"
+    save_model(NoBatchNormNet(10), path, arch=spec, dataset="digits", mean=[0.0] * 3, std=[1.0] * 3, method="scratch")
+    cfg = compose_run_config(tmp_path, [f"method={method}", "student.depth=10", f"teacher.checkpoint={path}", "debug=fast"])
+    with pytest.raises(SystemExit) as stopped:
+        zskt.run.run(cfg)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zskt: error: the teacher has no BatchNorm layers")
+    assert f"method={method}" in err[0]
