@@ -94,7 +94,15 @@ def test_a_failed_download_leaves_no_data_folder(tmp_path, monkeypatch):
 
 
 def test_resume_keeps_the_first_runs_hydra_files(tmp_path):
-    zskt.run.execute(compose_run_config(tmp_path, SCRATCH))  # a completed run; then its .hydra as Hydra wrote it
+    from omegaconf import OmegaConf
+
+    from zskt.config import resolve_config
+
+    # a completed run's files (its saved config and results), and its .hydra as Hydra wrote it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.yaml").write_text(OmegaConf.to_yaml(resolve_config(compose_run_config(tmp_path, SCRATCH))))
+    (run / "results.json").write_text(json.dumps({"status": "completed", "test_acc": 50.0}))
     first = "- method=scratch\n- student.depth=10\n- method.epochs=1\n"
     (tmp_path / "run" / ".hydra").mkdir()
     (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(first)
