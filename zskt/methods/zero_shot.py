@@ -25,11 +25,10 @@ also records two means over the block's generated batches: the teacher's top-cla
 and the share of a batch in its most frequent teacher class. At a share of `collapse_class_share`
 or more, from the second evaluation on, the generator has collapsed onto a class or two (the
 student then learns little beyond them), and the run says so once. With `restart_after` N, a
-guard outside the paper's algorithm (off in the paper presets, on in the demo) acts sooner: after
-N iterations in a row whose batch fell at least `restart_class_share` in one teacher class it
-re-initialises the generator and its optimiser, before the student has learnt much from one
-class. Under
-manual optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
+guard outside the paper's algorithm (off unless set) acts sooner: after N iterations in a row
+whose batch fell at least `restart_class_share` in one teacher class it re-initialises the
+generator and its optimiser, before the student has learnt much from one class. Under manual
+optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
 from __future__ import annotations
