@@ -135,6 +135,46 @@ class DataFreeModule(PicklableGenerators, DistillationModule):
                 "student_images": self.student_images(self.total_iterations, world_size)}
 
 
+
+class MemoryBankModule(DataFreeModule):
+    """A data-free method whose student learns from a memory bank of synthesised images (DeepInversion,
+    Fast): the subclass makes `self.bank` (zskt.synthesis.memory_bank), `self.noise` and `self.augment`
+    (torch.Generator) in its constructor, and counts `steps_per_epoch` student steps an epoch."""
+
+    def remaining_student_steps(self) -> int:
+        """The epoch's remaining student steps (all of them, unless resumed from a mid-epoch checkpoint)."""
+        done = self.iteration
+        return min(self.steps_per_epoch - done % self.steps_per_epoch, self.total_iterations - done)
+
+    def epoch_batches(self) -> int:
+        return self.remaining_student_steps()
+
+    def student_images(self, iterations: int, world_size: int) -> int:
+        return iterations * self.hparams.batch_size * world_size
+
+    def random_streams(self) -> dict[str, torch.Generator]:
+        return {"noise": self.noise, "augment": self.augment}
+
+    def setup(self, stage: str) -> None:
+        # every rank its own streams; the offsets keep the three apart
+        seed = self.hparams.noise_seed + self.global_rank
+        self.noise.manual_seed(seed)
+        self.augment.manual_seed(seed + 1_000_003)
+        self.bank.generator.manual_seed(seed + 2_000_006)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.trainer.state.fn == "fit":
+            self.log_images("synthesis/latest_batch", self.bank.latest(64))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["memory_bank"] = self.bank.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.bank.load_state_dict(checkpoint["memory_bank"])
+
 def epoch_plan(epochs: int, budget_scale: float) -> tuple[int, float]:
     """(benchmark epochs to run, the factor each epoch's own lengths shrink by). A budget of at least one
     epoch runs round(epochs * budget_scale) full epochs; below one epoch (a smoke test) it runs one

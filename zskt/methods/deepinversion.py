@@ -29,7 +29,7 @@ from torch import Tensor
 
 from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
-from zskt.methods.datafree import DataFreeModule, epoch_plan, frozen, shrunk
+from zskt.methods.datafree import MemoryBankModule, epoch_plan, frozen, shrunk
 from zskt.synthesis.augment import crop_flip, roll_flip
 from zskt.synthesis.losses import fp32, jensen_shannon, total_variation
 from zskt.synthesis.memory_bank import MemoryBank
@@ -38,7 +38,7 @@ from zskt.validation import check
 KEEP = ("last", "best")
 
 
-class DeepInversion(DataFreeModule):
+class DeepInversion(MemoryBankModule):
     """Images optimised against the teacher's BN statistics, then distilled from a growing memory bank."""
 
     def __init__(
@@ -145,36 +145,12 @@ class DeepInversion(DataFreeModule):
         return loss.detach()
 
     # ------------------------------------------------------------------ bookkeeping
-    def epoch_batches(self) -> int:
-        # the epoch's remaining student steps (all of them, unless resumed from a mid-epoch checkpoint)
-        done = self.iteration
-        return min(self.steps_per_epoch - done % self.steps_per_epoch, self.total_iterations - done)
-
-    def student_images(self, iterations: int, world_size: int) -> int:
-        return iterations * self.hparams.batch_size * world_size
-
-    def random_streams(self) -> dict[str, torch.Generator]:
-        return {"noise": self.noise, "augment": self.augment}
-
-    def setup(self, stage: str) -> None:
-        seed = self.hparams.noise_seed + self.global_rank
-        self.noise.manual_seed(seed)
-        self.augment.manual_seed(seed + 1_000_003)
-        self.bank.generator.manual_seed(seed + 2_000_006)
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.trainer.state.fn == "fit":
-            self.log_images("synthesis/latest_batch", self.bank.latest(64))
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["memory_bank"] = self.bank.state_dict()
         checkpoint["iteration"] = self.iteration
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.bank.load_state_dict(checkpoint["memory_bank"])
         self.iteration = int(checkpoint["iteration"])
 
     def configure_optimizers(self):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zskt.errors import UserError
-from zskt.methods.datafree import DataFreeModule, epoch_plan, frozen, shrunk
+from zskt.methods.datafree import MemoryBankModule, epoch_plan, frozen, shrunk
 from zskt.models.pixel_generator import PixelGenerator
 from zskt.synthesis.augment import crop_flip
 from zskt.synthesis.losses import fp32, masked_adversarial
@@ -41,7 +41,7 @@ from zskt.validation import check
 META = ("maml", "reptile", "none")
 
 
-class Fast(DataFreeModule):
+class Fast(MemoryBankModule):
     """A meta-learned generator makes a batch in K steps; the student distils from the growing bank."""
 
     def __init__(
@@ -174,35 +174,14 @@ class Fast(DataFreeModule):
     def epoch_batches(self) -> int:
         if self.calls < self.warmup_epochs:  # a warm-up epoch: one synthesis call, no student step
             return 1
-        # the epoch's remaining student steps (all of them, unless resumed from a mid-epoch checkpoint)
-        done = self.iteration
-        return min(self.steps_per_epoch - done % self.steps_per_epoch, self.total_iterations - done)
-
-    def student_images(self, iterations: int, world_size: int) -> int:
-        return iterations * self.hparams.batch_size * world_size
-
-    def random_streams(self) -> dict[str, torch.Generator]:
-        return {"noise": self.noise, "augment": self.augment}
-
-    def setup(self, stage: str) -> None:
-        seed = self.hparams.noise_seed + self.global_rank
-        self.noise.manual_seed(seed)
-        self.augment.manual_seed(seed + 1_000_003)
-        self.bank.generator.manual_seed(seed + 2_000_006)
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.trainer.state.fn == "fit":
-            self.log_images("synthesis/latest_batch", self.bank.latest(64))
+        return self.remaining_student_steps()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["memory_bank"] = self.bank.state_dict()
         checkpoint["counters"] = {"iteration": self.iteration, "calls": self.calls}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.bank.load_state_dict(checkpoint["memory_bank"])
         self.iteration, self.calls = int(checkpoint["counters"]["iteration"]), int(checkpoint["counters"]["calls"])
 
     def configure_optimizers(self):
