@@ -15,7 +15,7 @@ from datafree_helpers import MEAN, STD, STUDENT, build, kd, plain_bn_loss, tenso
 from test_reference_loop import StepRecorder, assert_same_optimizer, assert_states_match, check_and_follow, \
     random_teacher, snapshot, trainer
 from zskt.models import WideResNet
-from zskt_test_helpers import KillAtEpoch, compose_run_config
+from zskt_test_helpers import compose_run_config, straight_and_resumed
 
 BATCH, STEPS, KD_STEPS, EPOCHS, SEED = 8, 3, 2, 3, 4
 
@@ -126,13 +126,7 @@ def test_budget_scale_shrinks_epochs_then_the_epoch_itself(tmp_path):
 def test_resume_is_exact_with_the_memory_bank_as_state(tmp_path, teacher_zoo):
     overrides = tiny_overrides(teacher_zoo, "deepinversion", "method.epochs=3", "method.kd_steps=3",
                                "method.synthesis_steps=3")
-    straight = zskt.run.execute(compose_run_config(tmp_path / "a", overrides))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        zskt.run.execute(compose_run_config(tmp_path / "b", overrides), callbacks=[KillAtEpoch(2)])
-    resumed = zskt.run.execute(compose_run_config(tmp_path / "b", ["resume=true"]))
-
-    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    straight, resumed, a, b = straight_and_resumed(tmp_path, overrides, kill_epoch=2)
     assert a["iteration"] == b["iteration"] == 9
     assert len(a["memory_bank"]["images"]) == 3 * 16  # one batch per epoch
     assert torch.equal(a["memory_bank"]["images"], b["memory_bank"]["images"])

@@ -20,7 +20,7 @@ from zskt.config import instantiate_node
 from zskt.errors import UserError
 from zskt.models import WideResNet
 from zskt.models.pixel_generator import PixelGenerator
-from zskt_test_helpers import KillAtEpoch, compose_run_config
+from zskt_test_helpers import compose_run_config, straight_and_resumed
 from datafree_helpers import NORMALIZATION, STUDENT, NoBatchNormNet, tensorboard_view
 
 BATCH, KD_STEPS, ROUNDS, EPOCHS, NOISE_SEED = 8, 2, 2, 3, 5
@@ -110,13 +110,7 @@ def test_a_teacher_without_batchnorm_is_one_line(tmp_path):
 
 def test_resume_is_exact_and_the_teacher_stays_frozen(tmp_path, teacher_zoo):
     overrides = tiny_overrides(teacher_zoo, "dfq", "method.epochs=3", "method.epoch_steps=4", "method.kd_steps=2")
-    straight = zskt.run.execute(compose_run_config(tmp_path / "a", overrides))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        zskt.run.execute(compose_run_config(tmp_path / "b", overrides), callbacks=[KillAtEpoch(2)])
-    resumed = zskt.run.execute(compose_run_config(tmp_path / "b", ["resume=true"]))
-
-    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    straight, resumed, a, b = straight_and_resumed(tmp_path, overrides, kill_epoch=2)
     assert a["global_step"] == b["global_step"] == 3 * 2 * (1 + 2)
     for prefix in ("student.", "generator.", "teacher."):
         assert tensors_equal(a["state_dict"], b["state_dict"], prefix), prefix

@@ -19,7 +19,7 @@ from test_reference_loop import StepRecorder, assert_same_optimizer, assert_stat
     optimizer_of, random_teacher, snapshot
 from zskt.models import WideResNet
 from zskt.models.pixel_generator import PixelGenerator
-from zskt_test_helpers import KillAtEpoch, compose_run_config
+from zskt_test_helpers import compose_run_config, straight_and_resumed
 
 BATCH, K, KD_STEPS, EPOCHS, SEED = 8, 3, 2, 3, 6
 
@@ -165,13 +165,7 @@ def test_reset_l0_reinitialises_the_first_linear_and_bn():
 def test_resume_is_exact_with_the_bank_the_average_and_the_meta_optimiser_as_state(tmp_path, teacher_zoo):
     overrides = tiny_overrides(teacher_zoo, "fast_2", "method.epochs=4", "method.warmup_epochs=1", "method.kd_steps=2",
                                "method.reset_after=1")
-    straight = zskt.run.execute(compose_run_config(tmp_path / "a", overrides))
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        zskt.run.execute(compose_run_config(tmp_path / "b", overrides), callbacks=[KillAtEpoch(2)])
-    resumed = zskt.run.execute(compose_run_config(tmp_path / "b", ["resume=true"]))
-
-    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    straight, resumed, a, b = straight_and_resumed(tmp_path, overrides, kill_epoch=2)
     assert a["counters"] == b["counters"] == {"iteration": 3 * 2, "calls": 4}
     assert torch.equal(a["memory_bank"]["images"], b["memory_bank"]["images"]) and len(a["memory_bank"]["images"]) == 64
     for x, y in zip(a["bn_statistics"]["average"], b["bn_statistics"]["average"]):

@@ -49,6 +49,21 @@ def run_with_callbacks(tmp: Path, overrides: list[str], callbacks=(), run_dir: P
     return zskt.run.execute(compose_run_config(tmp, overrides, run_dir), callbacks=callbacks)
 
 
+def straight_and_resumed(tmp: Path, overrides: list[str], kill_epoch: int, straight_callbacks=()) -> tuple:
+    """The same run twice: straight through in `tmp/a`, and in `tmp/b` killed when epoch `kill_epoch`
+    starts and resumed. Returns both runs' results and both final checkpoints (`checkpoints/last.ckpt`)."""
+    import pytest
+    import torch
+    import zskt.run
+
+    straight = zskt.run.execute(compose_run_config(tmp / "a", overrides), callbacks=straight_callbacks)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        zskt.run.execute(compose_run_config(tmp / "b", overrides), callbacks=[KillAtEpoch(kill_epoch)])
+    resumed = zskt.run.execute(compose_run_config(tmp / "b", ["resume=true"]))
+    a, b = (torch.load(tmp / run / "run" / "checkpoints" / "last.ckpt", weights_only=True) for run in ("a", "b"))
+    return straight, resumed, a, b
+
+
 class KillAtEpoch(pl.Callback):
     """A killed job: fail when epoch `epoch` starts (after the previous epoch's checkpoint)."""
 
