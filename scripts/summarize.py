@@ -55,9 +55,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, full_budget_images, published  # noqa: E402
 
-RESULTS = "results.json"
-RUN_CONFIG = "run_config.yaml"
-TRANSITION_CURVES = "transition_curves.csv"   # written by method=abm beside its results.json
+# the run dir's file names, from the package that writes them (method=abm writes TRANSITION_CURVES beside results.json)
+from zskt.rundir import CHECKPOINTS, LAST_CHECKPOINT, RESULTS, RUN_CONFIG, TRANSITION_CURVES  # noqa: E402
 DATA_FREE = ("dfq", "deepinversion", "fast", "fast_2", "fast_5", "fast_10")  # the field's other data-free methods
 ZERO_SHOT = ("zero_shot", "zero_shot_modified", *DATA_FREE)  # M = 0: no training images at all
 NOT_TRAINED = ("abm", "evaluate")                 # evaluations of an existing model
@@ -179,15 +178,16 @@ def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
             raise SummaryError(f"{top} is not a directory: pass sweep or run directories (e.g. outputs/multirun/<stamp>)")
         found, without = 0, 0
         for here, subdirs, files in os.walk(top):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "checkpoints")
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != CHECKPOINTS)
             job = Path(here)
             if RESULTS in files:
                 found += 1
                 runs[job.resolve()] = load_run(job / RESULTS)
             elif RUN_CONFIG in files or (job / ".hydra").is_dir():
                 without += 1
-                hint = " (has checkpoints/last.ckpt: resume=true continues it)" if (job / "checkpoints" / "last.ckpt").is_file() else ""
-                runs[job.resolve()] = Unfinished(str(job), "no results.json", f"still running or crashed{hint}")
+                last = job / CHECKPOINTS / LAST_CHECKPOINT
+                hint = f" (has {CHECKPOINTS}/{LAST_CHECKPOINT}: resume=true continues it)" if last.is_file() else ""
+                runs[job.resolve()] = Unfinished(str(job), f"no {RESULTS}", f"still running or crashed{hint}")
         if not found:
             raise SummaryError(f"{top} holds no {RESULTS} ({without} job dirs without one: still running or crashed)")
     completed = [r for r in runs.values() if isinstance(r, Run)]

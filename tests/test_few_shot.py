@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from zskt.data.few_shot import few_shot_indices, parse_m
+from zskt.data.few_shot import few_shot_indices
+from zskt.validation import parse_m
 from zskt.errors import UserError
 
 LABELS = torch.arange(10).repeat_interleave(torch.tensor([30, 25, 40, 12, 50, 33, 27, 45, 20, 18]))

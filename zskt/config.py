@@ -1,6 +1,6 @@
-"""What several modules need to know about a run's config: where the configs live, the run's
-file names, the model zoo's file names, composing and resolving a config, and building a part
-of the run from its config node.
+"""What several modules need to know about a run's config: where the configs live, the model
+zoo's file names, composing and resolving a config, and building a part of the run from its config
+node. (The files a run writes are named in `zskt.rundir`.)
 
 Everything here sits below `zskt.run` and the modules it wires, so none of them imports run.py.
 """
@@ -21,15 +21,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zskt.errors import UserError
 from zskt.hardware import best_precision
-from zskt.rundir import load_run_config
+from zskt.rundir import RUN_CONFIG, load_run_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# the files a run writes into its output dir
-RUN_CONFIG = "run_config.yaml"
-RESULTS = "results.json"
-MODEL_FILE = "model.pt"
-FEW_SHOT_INDICES = "few_shot_indices.json"  # the chosen subset of a few-shot run
-TEACHER_SUBDIR = "teacher"  # where a run trains its missing teacher (teacher.train_if_missing=true)
 
 
 def zoo_path(models: str, dataset: str, network: str, seed: int) -> str:

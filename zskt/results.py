@@ -23,11 +23,11 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from zskt.checkpoints import save_model
-from zskt.config import MODEL_FILE, RESULTS, RUN_CONFIG, zoo_path
+from zskt.config import zoo_path
 from zskt.errors import UserError
 from zskt.io import atomic_write_json, atomic_write_text
 from zskt.models.families import network_info, slug_of
-from zskt.rundir import note_new_run_dir, read_results
+from zskt.rundir import MODEL_FILE, RESULTS, RUN_CONFIG, note_new_run_dir, read_results
 
 log = logging.getLogger("zskt")
 BEST_NOTE = "best of the periodic test-set evaluations (the originals' number); test_acc is the final one"

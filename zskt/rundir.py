@@ -1,7 +1,8 @@
-"""The run dir as a thing a user can damage: one run at a time in it (a lock), and the files a
-resumed run reads back (run_config.yaml, results.json, few_shot_indices.json, last.ckpt) checked
-before anything is written, each failure a one-line `UserError` that names the file and what to
-do. Also the one line for a full disk, and the run dir's life around Hydra (`HydraRunDir`): a
+"""The run dir: the names of the files a run writes there (this module is the one place they are
+spelled; `scripts/summarize.py` reads runs through them too), one run at a time in it (a lock), and the
+files a resumed run reads back (run_config.yaml, results.json, few_shot_indices.json, last.ckpt)
+checked before anything is written, each failure a one-line `UserError` that names the file and what
+to do. Also the one line for a full disk, and the run dir's life around Hydra (`HydraRunDir`): a
 command refused at start leaves no run dir behind, and a resumed run keeps its first `.hydra/`.
 """
 
@@ -15,13 +16,28 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from zskt.errors import UserError
 
+if TYPE_CHECKING:  # annotations only: scripts that read run dirs need not load torch
+    import torch
+
+# the files a run writes into its output dir
+RUN_CONFIG = "run_config.yaml"  # the resolved config; a resumed run reads it back
+RESULTS = "results.json"
+MODEL_FILE = "model.pt"  # the trained student
+FEW_SHOT_INDICES = "few_shot_indices.json"  # the chosen subset of a few-shot run
+TEACHER_SUBDIR = "teacher"  # where a run trains its missing teacher (teacher.train_if_missing=true)
+TRANSITION_CURVES = "transition_curves.csv"  # method=abm's curves, and their figure
+TRANSITION_PLOT = "transition_curves.png"
+# Lightning's checkpoints (conf/callbacks/default.yaml names the same folder and files)
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"  # the last evaluation's
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"  # the moment a run was stopped (callbacks.on_exception)
 # keys without which a saved config cannot be a run's (a damaged or foreign run_config.yaml)
 RUN_CONFIG_KEYS = ("method", "dataset", "student", "trainer", "paths", "seed")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -257,12 +273,10 @@ def check_last_checkpoint(path: Path, allow_unsafe: bool) -> None:
 
 def check_resume(output_dir: Path, indices: torch.Tensor | None, trains: bool, allow_unsafe: bool) -> None:
     """Everything a resumed run reads back from its dir, checked before it writes anything."""
-    from zskt.config import FEW_SHOT_INDICES  # config reads run_config.yaml through this module
-
     check_saved_subset(output_dir / FEW_SHOT_INDICES, indices)
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / CHECKPOINTS / LAST_CHECKPOINT
     if trains and not (last.exists() or last.is_symlink()):  # died before its first evaluation
-        last = output_dir / "checkpoints" / "interrupted.ckpt"
+        last = output_dir / CHECKPOINTS / INTERRUPTED_CHECKPOINT
     if trains and (last.exists() or last.is_symlink()):
         check_last_checkpoint(last, allow_unsafe)
 
@@ -283,5 +297,5 @@ def disk_full_message(err: OSError, output_dir: str | os.PathLike) -> str:
     """The one line for a run stopped by a full disk: what failed, what is safe, how to go on."""
     where = f" writing {err.filename}" if err.filename else ""
     return (f"no space left on the device{where} ({err.strerror or os.strerror(err.errno)}): the run stopped; "
-            f"{Path(output_dir) / 'checkpoints' / 'last.ckpt'} (if any) is the last complete checkpoint. "
+            f"{Path(output_dir) / CHECKPOINTS / LAST_CHECKPOINT} (if any) is the last complete checkpoint. "
             f"Free some space, then resume with {_resume_command(Path(output_dir))}")

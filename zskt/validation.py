@@ -113,10 +113,19 @@ SEED = Number(f"an integer from 0 to {SEED_MAX}", integer=True, low=0, high=SEED
 FLAG = Flag()
 
 
-def _parse_m(value: Any) -> None:
-    from zskt.data.few_shot import parse_m
-
-    parse_m(value)
+def parse_m(m: Any) -> int | None:
+    """Normalise the `dataset.m` config value: None/'all' -> None (full set), else a positive int."""
+    if m is None or (isinstance(m, str) and m.strip().lower() in {"all", "full", "null", "none"}):
+        return None
+    if isinstance(m, bool) or not isinstance(m, (int, str)):
+        raise UserError(f"dataset.m={m!r} is invalid: use a positive integer (images per class) or 'all'")
+    if isinstance(m, str):
+        if not m.strip().isdigit():
+            raise UserError(f"dataset.m={m!r} is invalid: use a positive integer (images per class) or 'all'")
+        m = int(m)
+    if m < 1:
+        raise UserError(f"dataset.m={m} is invalid: use a positive integer (images per class) or 'all'")
+    return m
 
 
 # Every numeric or on/off option of conf/method/*.yaml, conf/dataset/*.yaml and the top level,
@@ -206,7 +215,7 @@ RULES: dict[str, dict[str, Any]] = {
         "progress_bar": {"refresh_rate": NON_NEGATIVE_INT},
     },
     "dataset": {
-        "m": Custom(_parse_m),
+        "m": Custom(parse_m),
         "batch_size": POSITIVE_INT,
         "eval_batch_size": POSITIVE_INT,
         "num_workers": NON_NEGATIVE_INT,

@@ -9,14 +9,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from zskt.config import FEW_SHOT_INDICES
 from zskt.io import atomic_write_json
 from zskt.data import sources
 from zskt.data.augment import normalize, random_crop_flip
-from zskt.data.few_shot import few_shot_indices, parse_m
+from zskt.data.few_shot import few_shot_indices
 from zskt.errors import UserError
 from zskt.rng import PicklableGenerators
-from zskt.validation import check
+from zskt.rundir import FEW_SHOT_INDICES
+from zskt.validation import check, parse_m
 
 DATASETS = ("cifar10", "cifar100", "svhn", "image_folder", "digits")
 

@@ -8,21 +8,6 @@ from torch import Tensor
 from zskt.errors import UserError
 
 
-def parse_m(m) -> int | None:
-    """Normalise the `dataset.m` config value: None/'all' -> None (full set), else a positive int."""
-    if m is None or (isinstance(m, str) and m.strip().lower() in {"all", "full", "null", "none"}):
-        return None
-    if isinstance(m, bool) or not isinstance(m, (int, str)):
-        raise UserError(f"dataset.m={m!r} is invalid: use a positive integer (images per class) or 'all'")
-    if isinstance(m, str):
-        if not m.strip().isdigit():
-            raise UserError(f"dataset.m={m!r} is invalid: use a positive integer (images per class) or 'all'")
-        m = int(m)
-    if m < 1:
-        raise UserError(f"dataset.m={m} is invalid: use a positive integer (images per class) or 'all'")
-    return m
-
-
 def few_shot_indices(labels: Tensor, m: int, seed: int) -> Tensor:
     """Indices of the first `m` images of each class in a shuffle of the set seeded by `seed`.
 

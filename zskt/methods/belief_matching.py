@@ -18,6 +18,7 @@ from zskt.evaluation.transition_files import curves_csv, plot_curves
 from zskt.io import atomic_write_text
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.families import name_of
+from zskt.rundir import TRANSITION_CURVES, TRANSITION_PLOT
 from zskt.validation import check
 
 info = rank_zero_only(logging.getLogger("zskt").info)
@@ -83,7 +84,7 @@ class BeliefMatching(DistillationModule):
                         "k": self.k, "xi": self.xi, "n_images": self.n_images, "abm_seed": self.seed,
                         "step_on": self.step_on, "n_targets": num_classes - 1,
                         "student_checkpoint": self.student_checkpoint,
-                        "transition_curves": "transition_curves.csv", "plot": "transition_curves.png"}
+                        "transition_curves": TRANSITION_CURVES, "plot": TRANSITION_PLOT}
         self.log_dict({"abm/mte": mte, "abm/mte_stderr": stderr})
         if self.trainer.is_global_zero:
             self._write_outputs(p_student, p_teacher, mte, stderr)
@@ -91,12 +92,12 @@ class BeliefMatching(DistillationModule):
               f"K={self.k}, xi={self.xi}, steps on the {self.step_on})")
 
     def _write_outputs(self, p_student: Tensor, p_teacher: Tensor, mte: float, stderr: float) -> None:
-        atomic_write_text(curves_csv(p_student, p_teacher), self.output_dir / "transition_curves.csv")
+        atomic_write_text(curves_csv(p_student, p_teacher), self.output_dir / TRANSITION_CURVES)
         teacher = name_of(self.teacher.arch) if hasattr(self.teacher, "arch") else type(self.teacher).__name__
         labels = (f"student {name_of(self.student_arch)}", f"teacher {teacher}")
         title = f"steps on the {self.step_on}: MTE {mte:.3f} $\\pm$ {stderr:.3f}"
         fig = plot_curves(p_student, p_teacher, self.plot_k, labels, title)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.output_dir / "transition_curves.png", dpi=150)
+        fig.savefig(self.output_dir / TRANSITION_PLOT, dpi=150)
         if isinstance(self.logger, TensorBoardLogger):
             self.logger.experiment.add_figure("abm/transition_curves", fig)
