@@ -55,6 +55,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_numbers import BENCHMARK_CMI, BENCHMARK_SOURCE, format_value, full_budget_images, published  # noqa: E402
 
+from zskt.network_names import entry_name  # noqa: E402
 # the run dir's file names, from the package that writes them (method=abm writes TRANSITION_CURVES beside results.json)
 from zskt.rundir import CHECKPOINTS, LAST_CHECKPOINT, RESULTS, RUN_CONFIG, TRANSITION_CURVES  # noqa: E402
 DATA_FREE = ("dfq", "deepinversion", "fast", "fast_2", "fast_5", "fast_10")  # the field's other data-free methods
@@ -103,16 +104,9 @@ class Unfinished:
 
 # ---------------------------------------------------------------------------- reading runs
 def arch(node: dict | None) -> str | None:
-    """A results.json student/teacher entry's network as people write it: its `name` ('ResNet-18',
-    'VGG-11', 'WRN-40-2'), or WRN-depth-width for files written before the families existed (None: no
-    teacher)."""
-    if not node:
-        return None
-    if node.get("name"):
-        return str(node["name"])
-    if node.get("family", "wrn") == "wrn":
-        return f"WRN-{node['depth']}-{node['width']}"
-    return f"{node['family']}-{node.get('depth', '?')}"  # never merged with a WRN row
+    """A results.json student/teacher entry's network as people write it: 'ResNet-18', 'WRN-40-2'
+    (None: no teacher); `zskt.network_names.entry_name`, torch-free."""
+    return entry_name(node)
 
 
 def budget_label(budget: dict | None) -> str:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from zskt.network_names import entry_name
+
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
@@ -55,10 +57,7 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
     M - 'all' for the full train set -, seed, networks, budget); its final numbers from results.json as
     final/<name>."""
     def arch(node: dict | None) -> str:
-        # the entry's name (ResNet-18, VGG-11, WRN-16-1); results.json files from before the families: a WRN
-        if not node:
-            return "none"
-        return str(node.get("name") or f"WRN-{node['depth']}-{node['width']}")
+        return entry_name(node) or "none"
 
     params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
               "m": "all" if results["m"] is None else results["m"], "seed": results["seed"],

@@ -10,7 +10,8 @@ An arch is a dict of plain values, recorded in model.pt and the run's hyperparam
 - `{"family": "custom", "target", "kwargs", "num_classes"}`: any importable `nn.Module` class,
   built with `hydra.utils.instantiate` (given `num_classes` when its constructor takes it).
 
-An arch without `family` is a WRN (model.pt files written before the families existed).
+An arch without `family` is a WRN (model.pt files written before the families existed). Its family,
+name and model-zoo name: `zskt.network_names` (torch-free; re-exported here).
 """
 
 from __future__ import annotations
@@ -27,19 +28,7 @@ from torch import nn
 from zskt.errors import UserError
 from zskt.models import resnet, vgg
 from zskt.models.wide_resnet import WideResNet, blocks_per_group
-
-FAMILIES = ("wrn", "resnet", "vgg", "torchvision", "custom")
-# the config keys of each family that describe the network (the rest: checkpoint, attention_layers, seed, ...)
-ARCH_KEYS = {"wrn": ("depth", "width"), "resnet": ("depth",), "vgg": ("depth",),
-             "torchvision": ("name", "kwargs"), "custom": ("target", "kwargs")}
-
-
-def family_of(arch: dict) -> str:
-    family = arch.get("family", "wrn")
-    if family not in FAMILIES:
-        raise UserError(f"network family '{family}' does not exist: choose one of {', '.join(FAMILIES)}")
-    return family
-
+from zskt.network_names import ARCH_KEYS, FAMILIES, family_of, name_of, slug_of  # noqa: F401 - re-exported
 
 def arch_from_config(node: DictConfig | dict, num_classes: int) -> dict:
     """The arch a `student` or `teacher` config node describes, for `num_classes` classes; an arch or a
@@ -54,32 +43,9 @@ def arch_from_config(node: DictConfig | dict, num_classes: int) -> dict:
     return {"family": family, **values, "num_classes": num_classes}
 
 
-def name_of(arch: dict) -> str:
-    """How people write the network: WRN-16-1, ResNet-18, VGG-11, mobilenet_v2, my_pkg.MyNet."""
-    family = family_of(arch)
-    if family == "wrn":
-        return f"WRN-{arch['depth']}-{arch['width']}"
-    if family == "resnet":
-        return f"ResNet-{arch['depth']}"
-    if family == "vgg":
-        return f"VGG-{arch['depth']}"
-    return str(arch["name"] if family == "torchvision" else arch["target"])
-
-
 def network_info(arch: dict, params: int) -> dict:
     """A network in results.json: its arch (without the class count), its name and its size."""
     return {**{k: v for k, v in arch.items() if k != "num_classes"}, "name": name_of(arch), "params": params}
-
-
-def slug_of(arch: dict) -> str:
-    """The network's part of a model-zoo file name: wrn-16-1, resnet-18, vgg-11, torchvision-mobilenet_v2,
-    custom-my_pkg.MyNet (the conf/teacher files spell the same names)."""
-    family = family_of(arch)
-    if family == "wrn":
-        return f"wrn-{arch['depth']}-{arch['width']}"
-    if family in ("resnet", "vgg"):
-        return f"{family}-{arch['depth']}"
-    return f"{family}-{name_of(arch)}"
 
 
 def _torchvision_builder(name: Any) -> None:
