@@ -20,7 +20,7 @@ from zskt.data.datamodule import ImageDataModule
 from zskt.data.few_shot import few_shot_indices
 from zskt.errors import UserError
 from zskt.models import WideResNet
-from zskt.models.wide_resnet import count_parameters
+from zskt.models.size_and_layout import count_parameters
 
 CLASSES = 100
 TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1

@@ -16,7 +16,8 @@ from zskt.config import zoo_path
 from zskt.errors import UserError
 from zskt.models.attention_points import AttentionPoints, pair_points
 from zskt.models.families import arch_from_config, build_network, default_attention_layers, name_of, slug_of
-from zskt.models.wide_resnet import WideResNet, count_parameters
+from zskt.models.size_and_layout import count_parameters
+from zskt.models.wide_resnet import WideResNet
 
 FAST_RUN = ["method.batch_size=16", "method.n_student_steps=2", "method.iterations=2", "method.eval_every=2"]
 RESNET8_TEACHER = ["teacher=resnet", "teacher.depth=8", "teacher.seed=0"]

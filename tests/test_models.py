@@ -5,7 +5,7 @@ import torch
 
 from zskt.errors import UserError
 from zskt.models import Generator, WideResNet
-from zskt.models.wide_resnet import count_parameters
+from zskt.models.size_and_layout import count_parameters
 
 
 @pytest.mark.parametrize(("depth", "width", "params"),

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import zskt.run
 from zskt_test_helpers import cli
 from zskt.models import WideResNet
-from zskt.models.wide_resnet import count_parameters
+from zskt.models.size_and_layout import count_parameters
 
 RESULT_KEYS = {"status", "method", "dataset", "m", "seed", "student", "teacher", "test_acc", "best_test_acc",
                "budget", "wall_time_s", "model"}

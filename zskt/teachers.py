@@ -18,7 +18,7 @@ from zskt.checkpoints import load_model
 from zskt.config import compose_config, zoo_path
 from zskt.errors import UserError
 from zskt.models.families import ARCH_KEYS, arch_from_config, checkpoint_expectation, family_of, network_info, slug_of
-from zskt.models.wide_resnet import count_parameters
+from zskt.models.size_and_layout import count_parameters
 from zskt.rundir import TEACHER_SUBDIR
 
 # the user's overrides a teacher-training command repeats: where the data and the zoo are

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zskt.errors import UserError
+# every family's, in zskt.models.size_and_layout; still importable from here for zskt.methods
+from zskt.models.size_and_layout import count_parameters, set_channels_last  # noqa: F401
 
 
 class BasicBlock(nn.Module):
@@ -114,13 +115,3 @@ class WideResNet(nn.Module):
         if return_features:
             return logits, [g1, g2, g3]
         return logits
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (trainable or not) of a module."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def set_channels_last(model: nn.Module, enabled: bool) -> nn.Module:
-    """Move a network to channels_last memory (faster convolutions) when `enabled`."""
-    return model.to(memory_format=torch.channels_last) if enabled else model
