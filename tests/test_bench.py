@@ -5,13 +5,10 @@ equal the plain loop's doing the same work, so Lightning's overhead is compared 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench  # noqa: E402
+from scripts import bench
 
 SPEC = {"teacher": bench.parse_network("10-1"), "student": bench.parse_network("wrn-10-1"), "batch_size": 4,
         "n_student_steps": 2, "generator_hidden": 128, "iterations": 1, "warmup": 1, "precision": "32-true",

@@ -4,16 +4,12 @@ close but not equal, and the JSON holds what it says."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 
+from scripts import precision_compare
 from zskt.checkpoints import save_model
 from zskt.models import Generator, WideResNet
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import precision_compare  # noqa: E402
 
 
 def test_fp32_gradient_is_deterministic_and_leaves_the_networks_alone():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -20,11 +19,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import zskt.run
+from scripts import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
-sys.path.insert(0, str(REPO / "scripts"))
-import summarize  # noqa: E402
 
 SEEDS = (0, 1, 2)
 FEW_SHOT_M = (10, 25, 50, 75, 100)

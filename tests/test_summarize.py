@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts import summarize
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import summarize  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T40_2 = {"depth": 40, "width": 2, "checkpoint": "zoo.pt", "params": 2243546, "test_acc": 95.0}
@@ -390,7 +390,7 @@ def test_zero_shot_runs_of_one_length_at_two_batch_sizes_are_two_rows_named_in_t
 
 
 def test_full_budgets_follow_spec_section_4():
-    from paper_numbers import full_budget_images
+    from scripts.paper_numbers import full_budget_images
 
     assert full_budget_images("zero_shot", "cifar10", None) == 80_000 * 10 * 128
     assert full_budget_images("zero_shot_modified", "cifar10", None) == 65_000 * 10 * 128
