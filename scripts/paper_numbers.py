@@ -21,6 +21,12 @@ not the paper's recipe, which the datafree_* presets run.
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 Value = float | tuple[float, float] | None
 Key = tuple[str, str | None, str, str | None, str, int | None, str]
 
@@ -145,23 +151,33 @@ PUBLISHED: dict[Key, dict[str, Value]] = _entries()
 
 
 # The published runs' full budgets (docs/method.md#hyperparameters), in images the student takes optimiser
-# steps on (results.json's budget.student_images): where a learning curve measured at a smaller budget would have to reach
-FULL_EPOCHS = {"cifar10": 200, "svhn": 100}
-TRAIN_IMAGES_PER_CLASS = 5000                       # the "5000" of the few-shot epoch formula
-ZERO_SHOT_ITERATIONS = {("zero_shot", "cifar10"): 80_000, ("zero_shot", "svhn"): 50_000,
-                        ("zero_shot_modified", "cifar10"): 65_000}
-ZERO_SHOT_BATCH, STUDENT_STEPS, CLASSES = 128, 10, 10
+# steps on (results.json's budget.student_images): where a learning curve measured at a smaller budget would
+# have to reach. Which runs were published is said here; their lengths are the recipes' (conf/recipe and
+# conf/method, read through the configs, the one place they live).
+FULL_BUDGET_RUNS = {"zero_shot": ("cifar10", "svhn"), "zero_shot_modified": ("cifar10",),
+                    "scratch": ("cifar10", "svhn"), "kd_at": ("cifar10", "svhn")}
+CLASSES = 10                                        # CIFAR-10's and SVHN's, the published runs' datasets
+
+
+@functools.cache
+def _method_config(method: str, dataset: str) -> DictConfig:
+    """`method=<method> dataset=<dataset>`'s method node, as a run composes it."""
+    from zskt.config import compose_config  # torch behind it: loaded only when a curve needs a full budget
+
+    return compose_config([f"method={method}", f"dataset={dataset}"]).method
 
 
 def full_budget_images(method: str, dataset: str, m: int | None) -> int | None:
     """The student images of the published run of this method (None: no full budget to mark)."""
-    if (method, dataset) in ZERO_SHOT_ITERATIONS:
-        return ZERO_SHOT_ITERATIONS[method, dataset] * STUDENT_STEPS * ZERO_SHOT_BATCH
-    if method in ("scratch", "kd_at") and dataset in FULL_EPOCHS:
-        if m is None:
-            return FULL_EPOCHS[dataset] * TRAIN_IMAGES_PER_CLASS * CLASSES
-        return int(FULL_EPOCHS[dataset] * TRAIN_IMAGES_PER_CLASS / m) * m * CLASSES
-    return None
+    if dataset not in FULL_BUDGET_RUNS.get(method, ()):
+        return None
+    config = _method_config(method, dataset)
+    if "iterations" in config:  # zero-shot: n_S student steps on each iteration's generated batch
+        return config.iterations * config.n_student_steps * config.batch_size
+    if m is None:
+        return config.full_epochs * config.reference_m * CLASSES
+    # few-shot: the recipe stretches the epochs by reference_m / M
+    return int(config.full_epochs * config.reference_m / m) * m * CLASSES
 
 
 def published(method: str, origin: str | None, dataset: str, teacher: str | None, student: str, m: int | None,
