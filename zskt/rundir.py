@@ -13,7 +13,6 @@ import fcntl
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from zskt.errors import UserError
+from zskt.errors import RefusedBeforeRun, UserError
 
 if TYPE_CHECKING:  # annotations only: scripts that read run dirs need not load torch
     import torch
@@ -127,15 +126,13 @@ def note_new_run_dir(output_dir: str | os.PathLike) -> None:
 
 
 def refuse_file(run_dir: Path, key: str) -> None:
-    """Exit with the one line when the dir Hydra is about to create cannot be a folder (Hydra's own
-    mkdir would end in a traceback). An exit, not an exception: Hydra turns a callback's exceptions
-    into warnings and goes on."""
+    """Refuse the dir Hydra is about to create when it cannot be a folder (Hydra's own mkdir would end
+    in a traceback): a `RefusedBeforeRun`, which Hydra does not turn into a warning as it does an
+    Exception."""
     from zskt.validation import wrong_kind
 
     if (problem := wrong_kind(run_dir, "folder")) is not None:
-        print(f"zskt: error: {key} {run_dir} {problem}: pass another {key} (or paths.outputs=<a folder>)",
-              file=sys.stderr)
-        sys.exit(2)
+        raise RefusedBeforeRun(f"{key} {run_dir} {problem}: pass another {key} (or paths.outputs=<a folder>)")
 
 
 class HydraRunDir(Callback):

@@ -1,4 +1,5 @@
-"""The teacher of a run: which checkpoint it is, how to train it when it is missing, and loading it.
+"""The teacher of a run: which checkpoint it is, how to train it when it is missing, and loading it
+(`RunTeacher` does all three when the method asks for its teacher).
 
 By default `teacher.checkpoint` is the model zoo's file for the configured network (`zskt.config.zoo_path`,
 which `method=scratch` on full data publishes to). A student that starts from a checkpoint
@@ -7,11 +8,15 @@ which `method=scratch` on full data publishes to). A student that starts from a 
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zskt.checkpoints import load_model
@@ -20,6 +25,9 @@ from zskt.errors import UserError
 from zskt.models.families import ARCH_KEYS, arch_from_config, checkpoint_expectation, family_of, network_info, slug_of
 from zskt.models.size_and_layout import count_parameters
 from zskt.rundir import TEACHER_SUBDIR
+from zskt.validation import check_teacher
+
+info = rank_zero_only(logging.getLogger("zskt").info)
 
 # the user's overrides a teacher-training command repeats: where the data and the zoo are
 _REPEATED_OVERRIDES = ("dataset.root=", "dataset.download=", "paths.")
@@ -140,3 +148,31 @@ def load_teacher(cfg: DictConfig, num_classes: int, student_meta: dict | None = 
     info = {**network_info(meta["arch"], count_parameters(model)), "num_classes": meta["arch"]["num_classes"],
             "checkpoint": str(path.resolve())}
     return model, info
+
+
+class RunTeacher:
+    """The teacher of one run, for `RunInputs.teacher`: nothing happens until a method asks for it.
+    Then teacher.checkpoint is chosen (`choose_checkpoint`), trained first by `train` (the entry
+    point's own run function, on `training_config`) where it is missing and teacher.train_if_missing
+    allows, loaded, and refused if it cannot teach (`check_teacher`). `info` is its description for
+    results.json, None while no method has asked."""
+
+    def __init__(self, raw: DictConfig, cfg: DictConfig, datamodule, student_meta: dict | None,
+                 train: Callable[[DictConfig], dict]) -> None:
+        self.raw, self.cfg, self.datamodule, self.student_meta, self.train = raw, cfg, datamodule, student_meta, train
+        self.network: torch.nn.Module | None = None
+        self.info: dict | None = None
+
+    def __call__(self) -> tuple[torch.nn.Module, dict]:
+        if self.network is None:
+            cfg = self.cfg
+            cfg.teacher.checkpoint = choose_checkpoint(self.raw, cfg, self.student_meta)
+            if needs_training(cfg):
+                info(f"teacher {cfg.teacher.checkpoint} is missing; training it first ({training_command(cfg)})")
+                place_trained(cfg, self.train(training_config(self.raw)))
+                # the teacher's run seeded the global streams with its own seed
+                pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            network, described = load_teacher(cfg, self.datamodule.num_classes, self.student_meta)
+            check_teacher(network, self.datamodule.test_inputs, cfg.teacher.checkpoint)
+            self.network, self.info = network, described
+        return self.network, self.info

@@ -1,18 +1,28 @@
-"""What every method shares: the student network, test-set accuracy, the speed switches, budgets."""
+"""What every method shares: the student network, test-set accuracy, the speed switches, budgets,
+and what a method asks of the run that builds it (`RunInputs`, `StudentModule.run_kwargs`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zskt.errors import UserError
 from zskt.models.attention_points import AttentionPoints, pair_points
+from zskt.models import families
 from zskt.models.families import build_network
 from zskt.models.wide_resnet import count_parameters, set_channels_last
 from zskt.validation import check
+
+if TYPE_CHECKING:
+    from zskt.data.datamodule import ImageDataModule
 
 
 def scaled(n: int, budget_scale: float) -> int:
@@ -37,6 +47,19 @@ def evaluation_period(total: int, evaluations: int) -> int:
     return max(1, total // evaluations)
 
 
+@dataclass
+class RunInputs:
+    """What the run offers a method class's `run_kwargs`: its resolved config, the prepared data
+    module, the student's arch, and `teacher`, which loads the teacher when first called (training it
+    first where it is missing and teacher.train_if_missing allows) and returns the network and its
+    description for results.json. Only a method that calls it gets a teacher."""
+
+    cfg: DictConfig
+    datamodule: ImageDataModule
+    student_arch: dict
+    teacher: Callable[[], tuple[torch.nn.Module, dict]]
+
+
 class StudentModule(pl.LightningModule):
     """A student network (any family, `student` is its arch) evaluated on the test set. On its own it is the `evaluate` method.
 
@@ -45,12 +68,9 @@ class StudentModule(pl.LightningModule):
     the final accuracy `test/acc` that results.json reports as the headline (`test_acc`).
     """
 
-    trains = False
-    needs_teacher = False
-    uses_train_data = True
+    trains = False  # True: the run fits the module (checkpoints, resume, model.pt), not only tests it
+    uses_train_data = True  # False: the method makes its own training batches; the data module only evaluates
     uses_attention = False  # True: the method takes `attention_layers` (zskt.models.families.attention_layers)
-    uses_normalization = False  # True: the method takes `normalization`, the dataset's {"mean", "std"} (it makes images)
-    measures_start = False  # True: zskt.run measures the starting accuracy (trainer.validate) before fit
     logs_in_iterations = False  # True: a run budgeted in iterations (`iteration`) logs every scalar at its iteration
 
     def __init__(self, name: str, student: dict, channels_last: bool, compile: bool) -> None:
@@ -93,8 +113,31 @@ class StudentModule(pl.LightningModule):
         """Method-specific entries merged into results.json (e.g. a fine-tune's starting accuracy)."""
         return {}
 
-    def record_start(self, metrics: dict) -> None:
-        """Keep what `trainer.validate` measured before the fit (when `measures_start`)."""
+    @classmethod
+    def run_kwargs(cls, run: RunInputs) -> dict:
+        """The constructor arguments the method takes from the run, besides its config node's values and
+        `student`, `channels_last` and `compile`: none for a student evaluated on its own."""
+        return {}
+
+    def training_batches(self, datamodule: ImageDataModule) -> int:
+        """The training batches of the whole run (the logging period follows from it): its iterations,
+        or its epochs times the train loader's length; 1 for a method that does not train."""
+        if hasattr(self, "total_iterations"):
+            return self.total_iterations
+        if not (self.trains and self.uses_train_data):
+            return 1
+        return getattr(self, "max_epochs", 1) * len(datamodule.train_dataloader())
+
+    def fit_data(self, datamodule: ImageDataModule) -> dict:
+        """The data arguments of `trainer.fit`: the data module, or only its evaluation loader for a
+        method that makes its own training batches."""
+        if self.uses_train_data:
+            return {"datamodule": datamodule}
+        return {"val_dataloaders": datamodule.val_dataloader()}
+
+    def before_first_fit(self, trainer: pl.Trainer, datamodule: ImageDataModule) -> None:
+        """Called before a fit that starts from the beginning (not a resumed one), e.g. to measure
+        the starting student."""
 
     def trainer_kwargs(self) -> dict:
         """Trainer arguments that follow from this method's budget: length and evaluation period."""
@@ -150,8 +193,6 @@ class DistillationModule(StudentModule):
     """A student taught by a frozen teacher: the teacher stays in eval mode, gets no gradients,
     sits in no optimiser, and its test accuracy is measured next to the student's."""
 
-    needs_teacher = True
-
     def __init__(self, name: str, student: dict, teacher: torch.nn.Module, channels_last: bool,
                  compile: bool) -> None:
         super().__init__(name, student, channels_last, compile)
@@ -161,6 +202,17 @@ class DistillationModule(StudentModule):
             self.teacher.compile()
         self.student_points: AttentionPoints | None = None
         self.teacher_points: AttentionPoints | None = None
+
+    @classmethod
+    def run_kwargs(cls, run: RunInputs) -> dict:
+        """The teacher, and with `uses_attention` the attention points of student and teacher (the
+        configured ones, else their families' defaults)."""
+        teacher, teacher_info = run.teacher()
+        kwargs = {**super().run_kwargs(run), "teacher": teacher}
+        if cls.uses_attention:
+            kwargs["attention_layers"] = {"student": families.attention_layers(run.cfg.student, run.student_arch),
+                                          "teacher": families.attention_layers(run.cfg.teacher, teacher_info)}
+        return kwargs
 
     def use_attention(self, attention_layers: dict, beta: float, image_size: int) -> None:
         """Capture the attention points attention transfer compares (`attention_layers`: the module

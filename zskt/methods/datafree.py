@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from zskt.methods.base import DistillationModule
+from zskt.methods.base import DistillationModule, RunInputs
 from zskt.rng import PicklableGenerators
 from zskt.synthesis.bn_statistics import BatchNormStatistics
 from zskt.synthesis.losses import kd_loss
@@ -43,8 +43,14 @@ class DataFreeModule(PicklableGenerators, DistillationModule):
     trains = True
     uses_train_data = False
     uses_attention = False
-    uses_normalization = True  # zskt.run passes `normalization`: the dataset's {"mean", "std"}
     logs_in_iterations = True
+
+    @classmethod
+    def run_kwargs(cls, run: RunInputs) -> dict:
+        """The teacher, and `normalization`: the dataset's {"mean", "std"}, which maps the synthesised
+        [0, 1] images to the networks' inputs."""
+        datamodule = run.datamodule
+        return {**super().run_kwargs(run), "normalization": {"mean": list(datamodule.mean), "std": list(datamodule.std)}}
 
     def __init__(self, name: str, student: dict, teacher: nn.Module, normalization: dict, channels_last: bool,
                  compile: bool, bn_momentum: float | None = None) -> None:

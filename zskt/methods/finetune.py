@@ -9,26 +9,35 @@ ones while the BN affine parameters train.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import pytorch_lightning as pl
 import torch
 
 from zskt.errors import UserError
 from zskt.losses import anchor_loss, distillation_loss
-from zskt.methods.base import DistillationModule, epoch_budget, evaluation_period
+from zskt.methods.base import DistillationModule, RunInputs, epoch_budget, evaluation_period
 from zskt.models.families import build_network
+
+if TYPE_CHECKING:
+    from zskt.data.datamodule import ImageDataModule
 
 
 class Finetune(DistillationModule):
     """Fine-tune a zero-shot student on M images per class, anchored to its starting weights theta_0.
 
-    The starting test accuracy comes from `trainer.validate` before the fit (`measures_start`:
-    zskt.run runs it after loading `student.checkpoint` into the student, and hands its metrics to
-    `record_start`), theta_0 (a frozen copy
+    The starting test accuracy comes from `trainer.validate` before the fit (`before_first_fit`,
+    which the run calls after loading `student.checkpoint` into the student), theta_0 (a frozen copy
     of the student) is taken when the fit first starts. Both are module state, so they live in
     the checkpoint and a resumed run keeps the original ones.
     """
 
     trains = True
-    measures_start = True
+
+    @classmethod
+    def run_kwargs(cls, run: RunInputs) -> dict:
+        """The teacher and M, the images per class it fine-tunes on."""
+        return {**super().run_kwargs(run), "m": run.datamodule.m}
 
     def __init__(
         self,
@@ -96,7 +105,9 @@ class Finetune(DistillationModule):
         self.log("eval/acc", self.eval_accuracy.compute() * 100.0, sync_dist=True)
         self.eval_accuracy.reset()
 
-    def record_start(self, metrics: dict) -> None:
+    def before_first_fit(self, trainer: pl.Trainer, datamodule: ImageDataModule) -> None:
+        """Measure the starting student's test accuracy (results.json's start_test_acc)."""
+        metrics = trainer.validate(self, datamodule=datamodule, verbose=False)[0]
         # from trainer.validate's returned metrics: under ddp_spawn the validation ran in other processes
         self.start_accuracy.fill_(float(metrics["eval/acc"]))
 

@@ -19,7 +19,7 @@ class KDAT(SGDTrained, DistillationModule):
     """KD+AT from a frozen teacher; `recipe`: the fields of `SGDRecipe` (conf/method/scratch.yaml)."""
 
     trains = True
-    uses_attention = True  # zskt.run passes `attention_layers`
+    uses_attention = True  # `run_kwargs` passes `attention_layers`
 
     def __init__(self, name: str, student: dict, teacher: torch.nn.Module, attention_layers: dict, m: int | None,
                  alpha: float, temperature: float, beta: float, channels_last: bool, compile: bool, **recipe) -> None:

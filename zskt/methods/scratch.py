@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zskt.methods.base import StudentModule, epoch_budget, evaluation_period
+from zskt.methods.base import RunInputs, StudentModule, epoch_budget, evaluation_period
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class SGDTrained:
 
     recipe: SGDRecipe
     student: torch.nn.Module
+
+    @classmethod
+    def run_kwargs(cls, run: RunInputs) -> dict:
+        """M, the images per class the recipe's length stretches for (None: the full set)."""
+        return {**super().run_kwargs(run), "m": run.datamodule.m}
 
     def use_recipe(self, m: int | None, recipe: dict) -> None:
         """Set the recipe and the training length for M images per class (None: the full set)."""

@@ -81,7 +81,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
     """Adversarial belief matching between a generator, a student and a frozen teacher."""
 
     trains = True
-    uses_attention = True  # zskt.run passes `attention_layers`
+    uses_attention = True  # `run_kwargs` passes `attention_layers`
     uses_train_data = False
     logs_in_iterations = True
 
