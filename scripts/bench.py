@@ -29,9 +29,20 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zskt.errors import UserError  # no torch behind it: the parser stays cheap
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+
+    from zskt.data.datamodule import ImageDataModule
+    from zskt.methods.scratch import Scratch
+    from zskt.methods.zero_shot import ZeroShot
 
 # wrn-40-2 / WRN-40-2 / 40-2 (the spelling before other families), resnet34 / resnet-34, vgg11 / vgg-11
 _NAME = re.compile(r"(?:(?P<wrn>wrn)-?)?(?P<depth>\d+)-(?P<width>\d+)|(?P<family>resnet|vgg)-?(?P<fdepth>\d+)")
@@ -122,17 +133,9 @@ def configured_method(overrides: list[str], **parts):
     return instantiate(method, _convert_="all", **parts)
 
 
-def measure_zero_shot(spec: dict) -> dict:
-    """Seconds per zero-shot iteration (median over the timed ones) under one setting."""
+def iteration_timer(times: list[float], cpu_times: list[float], phases: list[dict]) -> pl.Callback:
+    """A Lightning callback that appends each training step's wall and CPU seconds and its phases to the lists."""
     import pytorch_lightning as pl
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from zskt.methods.zero_shot import ZeroShot
-    from zskt.models.families import build_network
-
-    times: list[float] = []
-    cpu_times: list[float] = []  # process CPU seconds (all threads): robust to a shared machine's load
-    phases: list[dict] = []
 
     class IterationTimer(pl.Callback):
         """Whole iterations, and their phases from timestamps taken by hooks: the generator
@@ -174,34 +177,53 @@ def measure_zero_shot(spec: dict) -> dict:
             })
             self.end = end
 
-    def build(iterations: int) -> ZeroShot:
-        return configured_method(
-            ["method=zero_shot", f"generator.hidden={spec['generator_hidden']}"], student=spec["student"],
-            teacher=build_network(spec["teacher"]), teacher_arch=spec["teacher"],
-            iterations=iterations,
-            batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
-            channels_last=spec["channels_last"], compile=spec["compile"],
-            student_batch=spec.get("student_batch", "pre_update"), precision_mix=spec.get("precision_mix", "off"),
-        )
+    return IterationTimer()
 
-    def fit(module: ZeroShot, callbacks: list) -> None:
-        trainer = pl.Trainer(
-            accelerator="auto", devices=1, precision=spec["precision"], logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
-            **module.trainer_kwargs(),
-        )
-        trainer.fit(module)
 
-    fit(build(spec["warmup"] + spec["iterations"]), [IterationTimer()])
+def zero_shot_module(spec: dict, iterations: int) -> ZeroShot:
+    """The package's ZeroShot module for one setting of the benchmark, `iterations` long."""
+    from zskt.models.families import build_network
+
+    return configured_method(
+        ["method=zero_shot", f"generator.hidden={spec['generator_hidden']}"], student=spec["student"],
+        teacher=build_network(spec["teacher"]), teacher_arch=spec["teacher"],
+        iterations=iterations,
+        batch_size=spec["batch_size"], n_student_steps=spec["n_student_steps"], eval_every=iterations,
+        channels_last=spec["channels_last"], compile=spec["compile"],
+        student_batch=spec.get("student_batch", "pre_update"), precision_mix=spec.get("precision_mix", "off"),
+    )
+
+
+def fit_zero_shot(module: ZeroShot, spec: dict, callbacks: list) -> None:
+    """Train `module` under a bare Lightning Trainer (no logger, checkpoints or validation)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        accelerator="auto", devices=1, precision=spec["precision"], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
+        **module.trainer_kwargs(),
+    )
+    trainer.fit(module)
+
+
+def measure_zero_shot(spec: dict) -> dict:
+    """Seconds per zero-shot iteration (median over the timed ones) under one setting."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    times: list[float] = []
+    cpu_times: list[float] = []  # process CPU seconds (all threads): robust to a shared machine's load
+    phases: list[dict] = []
+    fit_zero_shot(zero_shot_module(spec, spec["warmup"] + spec["iterations"]), spec,
+                  [iteration_timer(times, cpu_times, phases)])
     seconds = statistics.median(times[spec["warmup"]:])
     cpu_seconds = statistics.median(cpu_times[spec["warmup"]:])
     timed = phases[spec["warmup"]:]
     phase_seconds = {key: round(statistics.median(p[key] for p in timed), 4) for key in timed[0]}
     peak = _peak_memory_mb()
     counter = FlopCounterMode(display=False)
-    module = build(1)  # outside the counter: building probes the networks on one image
+    module = zero_shot_module(spec, 1)  # outside the counter: building probes the networks on one image
     with counter:
-        fit(module, [])
+        fit_zero_shot(module, spec, [])
     flops = counter.get_total_flops()
     return {
         "precision": spec["precision"], "precision_mix": spec.get("precision_mix", "off"),
@@ -214,72 +236,77 @@ def measure_zero_shot(spec: dict) -> dict:
     }
 
 
-def measure_plain_loop(spec: dict) -> dict:
-    """The same zero-shot iteration as a plain PyTorch loop, no Lightning: per-phase seconds and GFLOP.
+class PlainLoop:
+    """The zero-shot iteration as a plain PyTorch loop (`measure_plain_loop`): the module's networks,
+    attention points, Adam optimisers and cosine schedules, with method=zero_shot's values from conf/."""
 
-    `spec["variant"]`: "same_work" does exactly the module's work (the generator step's teacher
-    outputs are the pre_update targets; the module's memory format): the module's time over this
-    one is Lightning's overhead. "study" is the study's algorithm written plainly: NCHW, and the
-    teacher run again without gradients for the student phase (the work the module did before
-    it reused the generator step's teacher pass). Attention points are captured as the module
-    captures them (AttentionPoints on the families' default layers), for any pair of networks.
-    """
-    import contextlib
+    def __init__(self, spec: dict) -> None:
+        import torch
 
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+        from zskt.config import compose_config
+        from zskt.models import Generator
+        from zskt.models.attention_points import AttentionPoints
+        from zskt.models.families import build_network, default_attention_layers
 
-    from zskt.losses import generator_loss, zero_shot_student_loss
-    from zskt.models import Generator
-    from zskt.models.attention_points import AttentionPoints
-    from zskt.models.families import build_network, default_attention_layers
+        cfg = compose_config(["method=zero_shot"])
+        self.study = spec["variant"] == "study"
+        self.channels_last = spec["channels_last"] and not self.study
+        self.device = _device()
+        self.fmt = fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.teacher = build_network(spec["teacher"]).to(self.device, memory_format=fmt).eval().requires_grad_(False)
+        self.student = build_network(spec["student"]).to(self.device, memory_format=fmt)
+        self.teacher_points = AttentionPoints(self.teacher, default_attention_layers(spec["teacher"]), "teacher")
+        self.student_points = AttentionPoints(self.student, default_attention_layers(spec["student"]), "student")
+        self.z_dim = cfg.generator.z_dim
+        self.generator = Generator(z_dim=self.z_dim, hidden=spec["generator_hidden"]).to(self.device, memory_format=fmt)
+        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.method.student_lr)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.method.generator_lr)
+        total = spec["warmup"] + spec["iterations"]
+        self.schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) for opt in (self.opt_s, self.opt_g)]
+        self.noise = torch.Generator().manual_seed(0)
+        self.autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
+        self.beta, self.clip = cfg.method.beta, cfg.method.grad_clip
+        self.batch_size, self.n_student_steps = spec["batch_size"], spec["n_student_steps"]
 
-    study = spec["variant"] == "study"
-    channels_last = spec["channels_last"] and not study
-    device = _device()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    teacher = build_network(spec["teacher"]).to(device, memory_format=fmt).eval().requires_grad_(False)
-    student = build_network(spec["student"]).to(device, memory_format=fmt)
-    teacher_points = AttentionPoints(teacher, default_attention_layers(spec["teacher"]), "teacher")
-    student_points = AttentionPoints(student, default_attention_layers(spec["student"]), "student")
-    generator = Generator(z_dim=100, hidden=spec["generator_hidden"]).to(device, memory_format=fmt)
-    opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
-    total = spec["warmup"] + spec["iterations"]
-    sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=total)
-    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=total)
-    noise = torch.Generator().manual_seed(0)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
-    beta, clip, bs = 250.0, 5.0, spec["batch_size"]
+    def iteration(self, phase: Callable[[str], AbstractContextManager]) -> None:
+        """One iteration, each phase inside `phase(name)` (a context manager that times or counts it)."""
+        import torch
 
-    def iteration(phase) -> None:
+        from zskt.losses import generator_loss, zero_shot_student_loss
+
+        student, clip = self.student, self.clip
         with phase("generator_step"):
-            z = torch.randn(bs, 100, generator=noise).to(device)
-            x = generator(z).contiguous(memory_format=fmt)
+            z = torch.randn(self.batch_size, self.z_dim, generator=self.noise).to(self.device)
+            x = self.generator(z).contiguous(memory_format=self.fmt)
             student.requires_grad_(False)  # no student weight gradients in the generator step
             with phase("teacher_forward"):
-                t_logits, t_features = teacher_points(x)
+                t_logits, t_features = self.teacher_points(x)
             loss_g = generator_loss(student(x), t_logits)
-            opt_g.zero_grad()
+            self.opt_g.zero_grad()
             loss_g.backward()
-            torch.nn.utils.clip_grad_norm_(generator.parameters(), clip)
-            opt_g.step()
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), clip)
+            self.opt_g.step()
             student.requires_grad_(True)
         x = x.detach()
-        if study:
+        if self.study:
             with phase("teacher_pass"), torch.no_grad():
-                t_logits, t_features = teacher_points(x)
+                t_logits, t_features = self.teacher_points(x)
         t_logits, t_features = t_logits.detach(), [f.detach() for f in t_features]
         with phase("student_steps"):
-            for _ in range(spec["n_student_steps"]):
-                s_logits, s_features = student_points(x)
-                loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, beta)
-                opt_s.zero_grad()
+            for _ in range(self.n_student_steps):
+                s_logits, s_features = self.student_points(x)
+                loss_s = zero_shot_student_loss(s_logits, t_logits, s_features, t_features, self.beta)
+                self.opt_s.zero_grad()
                 loss_s.backward()
                 torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-                opt_s.step()
-        sched_s.step()
-        sched_g.step()
+                self.opt_s.step()
+        for schedule in self.schedules:
+            schedule.step()
+
+
+def time_plain_loop(loop: PlainLoop, warmup: int, iterations: int) -> tuple[list[float], list[float], dict]:
+    """Wall and CPU seconds of every iteration, and each phase's seconds over the timed iterations only."""
+    import contextlib
 
     seconds: dict[str, list[float]] = {}
 
@@ -292,22 +319,28 @@ def measure_plain_loop(spec: dict) -> dict:
         seconds.setdefault(name, []).append(time.perf_counter() - start)
 
     times, cpu_times = [], []
-    for i in range(total):
+    for i in range(warmup + iterations):
         seconds_before = {k: len(v) for k, v in seconds.items()}
         _sync()
         start, cpu_start = time.perf_counter(), time.process_time()
-        with autocast:
-            iteration(timed)
+        with loop.autocast:
+            loop.iteration(timed)
         _sync()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-        if i < spec["warmup"]:
+        if i < warmup:
             seconds = {k: v[:seconds_before.get(k, 0)] for k, v in seconds.items()}
-    per_iteration = statistics.median(times[spec["warmup"]:])
-    timed_iterations = spec["iterations"]
-    phase_seconds = {k: round(sum(v) / timed_iterations, 4) for k, v in seconds.items()}
+    return times, cpu_times, seconds
 
-    # FLOPs of each phase, one more iteration under a counter per phase
+
+def count_plain_loop_flops(loop: PlainLoop) -> dict[str, int]:
+    """FLOPs of each phase, one more iteration under a counter per phase; the teacher's forward pass
+    (nested in the generator step) is counted on its own, one pass."""
+    import contextlib
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     flops: dict[str, int] = {}
 
     @contextlib.contextmanager
@@ -320,55 +353,65 @@ def measure_plain_loop(spec: dict) -> dict:
             yield
         flops[name] = flops.get(name, 0) + counter.get_total_flops()
 
-    with autocast:
-        iteration(counted)
+    with loop.autocast:
+        loop.iteration(counted)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            teacher_points(torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt))
-    flops["teacher_forward"] = counter.get_total_flops()  # one pass; part of the generator step
+            loop.teacher_points(torch.randn(loop.batch_size, 3, 32, 32, device=loop.device)
+                                .contiguous(memory_format=loop.fmt))
+    flops["teacher_forward"] = counter.get_total_flops()
+    return flops
+
+
+def measure_plain_loop(spec: dict) -> dict:
+    """The same zero-shot iteration as a plain PyTorch loop, no Lightning: per-phase seconds and GFLOP.
+
+    `spec["variant"]`: "same_work" does exactly the module's work (the generator step's teacher
+    outputs are the pre_update targets; the module's memory format): the module's time over this
+    one is Lightning's overhead. "study" is the study's algorithm written plainly: NCHW, and the
+    teacher run again without gradients for the student phase (the work the module did before
+    it reused the generator step's teacher pass). Attention points are captured as the module
+    captures them (AttentionPoints on the families' default layers), for any pair of networks.
+    """
+    loop = PlainLoop(spec)
+    times, cpu_times, seconds = time_plain_loop(loop, spec["warmup"], spec["iterations"])
+    per_iteration = statistics.median(times[spec["warmup"]:])
+    phase_seconds = {k: round(sum(v) / spec["iterations"], 4) for k, v in seconds.items()}
+    flops = count_plain_loop_flops(loop)
     total_flops = sum(flops[k] for k in ("generator_step", "teacher_pass", "student_steps") if k in flops)
     return {
-        "variant": spec["variant"], "precision": spec["precision"], "channels_last": channels_last,
-        "batch_size": bs, "seconds_per_iteration": round(per_iteration, 4), "phase_seconds": phase_seconds,
-        "gflop_per_iteration": round(total_flops / 1e9, 2),
+        "variant": spec["variant"], "precision": spec["precision"], "channels_last": loop.channels_last,
+        "batch_size": spec["batch_size"], "seconds_per_iteration": round(per_iteration, 4),
+        "phase_seconds": phase_seconds, "gflop_per_iteration": round(total_flops / 1e9, 2),
         "phase_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "gflops_achieved": round(total_flops / 1e9 / per_iteration, 1),
         "cpu_seconds_per_iteration": round(statistics.median(cpu_times[spec["warmup"]:]), 4),
     }
 
 
-def measure_scratch(spec: dict) -> dict:
-    """One scratch-training epoch end to end vs the model-only step rate, same module and settings."""
-    import pytorch_lightning as pl
+def scratch_module(spec: dict) -> Scratch:
+    """The package's Scratch module for the scratch-epoch measurement (one epoch over all images)."""
+    return configured_method(["method=scratch"], student=spec["student"],
+                             m=None, full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
+
+
+def model_only_rate(spec: dict, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Images per second of the scratch module's forward/backward/SGD step alone, on one resident,
+    normalised batch: no loader, no augmentation, no Trainer."""
     import torch
     import torch.nn.functional as F
 
     from zskt.data.augment import normalize
-    from zskt.data.datamodule import ImageDataModule
-    from zskt.data.sources import ImageTensors
-    from zskt.methods.scratch import Scratch
 
-    n, bs = spec["scratch_images"], spec["batch_size"]
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (n,), generator=generator)
-    split = ImageTensors(images, labels, [str(i) for i in range(10)])
-    datamodule = ImageDataModule.from_tensors(split, split, batch_size=bs, augment=True,
-                                              mean=[0.5] * 3, std=[0.25] * 3)
-
-    def module() -> Scratch:
-        return configured_method(["method=scratch"], student=spec["student"],
-                                 m=None, full_epochs=1, channels_last=spec["channels_last"], compile=spec["compile"])
-
-    # model only: the same forward/backward/SGD step on one resident, normalised batch
-    model = module()
+    bs = spec["batch_size"]
+    model = scratch_module(spec)
     device = _device()
     model.to(device)
     optimizer = model.configure_optimizers()["optimizer"]
     x = model.to_input(normalize(images[:bs], [0.5] * 3, [0.25] * 3).to(device))
     y = labels[:bs].to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16-mixed")
-    steps = max(3, min(20, n // bs))
+    steps = max(3, min(20, spec["scratch_images"] // bs))
     for i in range(steps + 2):
         if i == 2:
             _sync()
@@ -379,9 +422,14 @@ def measure_scratch(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
     _sync()
-    model_only = steps * bs / (time.perf_counter() - start)
+    return steps * bs / (time.perf_counter() - start)
 
-    # end to end: Trainer, loader, on-device augmentation, one full epoch (after a warm-up epoch)
+
+def epoch_seconds(spec: dict, datamodule: ImageDataModule) -> float:
+    """Seconds of a full scratch-training epoch end to end (Trainer, loader, on-device augmentation),
+    after a warm-up epoch."""
+    import pytorch_lightning as pl
+
     epoch_times: list[float] = []
 
     class EpochTimer(pl.Callback):
@@ -396,10 +444,29 @@ def measure_scratch(spec: dict) -> dict:
     trainer = pl.Trainer(accelerator="auto", devices=1, precision=spec["precision"], max_epochs=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, callbacks=[EpochTimer()])
-    trainer.fit(module(), datamodule=datamodule)
-    end_to_end = n / epoch_times[-1]
+    trainer.fit(scratch_module(spec), datamodule=datamodule)
+    return epoch_times[-1]
+
+
+def measure_scratch(spec: dict) -> dict:
+    """One scratch-training epoch end to end vs the model-only step rate, same module and settings."""
+    import torch
+
+    from zskt.data.datamodule import ImageDataModule
+    from zskt.data.sources import ImageTensors
+
+    n, bs = spec["scratch_images"], spec["batch_size"]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    split = ImageTensors(images, labels, [str(i) for i in range(10)])
+    datamodule = ImageDataModule.from_tensors(split, split, batch_size=bs, augment=True,
+                                              mean=[0.5] * 3, std=[0.25] * 3)
+    model_only = model_only_rate(spec, images, labels)
+    seconds = epoch_seconds(spec, datamodule)
+    end_to_end = n / seconds
     return {
-        "images": n, "batch_size": bs, "epoch_seconds": round(epoch_times[-1], 2),
+        "images": n, "batch_size": bs, "epoch_seconds": round(seconds, 2),
         "images_per_second_end_to_end": round(end_to_end, 1),
         "images_per_second_model_only": round(model_only, 1),
         "end_to_end_fraction_of_model_only": round(end_to_end / model_only, 3),
@@ -504,7 +571,8 @@ def where_the_time_goes(module: dict, same_work: dict, study: dict | None, peak:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="wrn-40-2", type=network_argument,
                         help="teacher network: wrn-40-2 (or 40-2), resnet34, resnet8, vgg11, ... (default wrn-40-2)")
@@ -536,19 +604,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args._measure:
-        print(json.dumps(MEASUREMENTS[args._measure](json.loads(args._spec))))
-        return
-    if args.quick:
-        args.iterations, args.warmup, args.batch_sizes, args.scratch_images = 2, 1, "", 0
 
-    import torch
+def precision_mixes(args: argparse.Namespace) -> list[str]:
+    """The --precision-mixes values, in the order given."""
+    return [m.strip() for m in args.precision_mixes.split(",") if m.strip()]
 
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Refuse a pair or a count that cannot be measured (argparse's one line, exit status 2), fill in
+    --generator-hidden from conf/, and return the precision of the default setting."""
     from zskt.config import compose_config
-    from zskt.hardware import cpu_has_native_bf16
-    from zskt.models.families import name_of
+    from zskt.methods.zero_shot import PRECISION_MIXES
 
     try:
         check_pair(args.teacher, args.student)
@@ -556,9 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    from zskt.methods.zero_shot import PRECISION_MIXES
-
-    unknown = [m.strip() for m in args.precision_mixes.split(",") if m.strip() and m.strip() not in PRECISION_MIXES]
+    unknown = [mix for mix in precision_mixes(args) if mix not in PRECISION_MIXES]
     if unknown:
         parser.error(f"--precision-mixes: unknown {', '.join(unknown)}; choose from {', '.join(PRECISION_MIXES)}")
     if args.generator_hidden is None:  # the width a run gets: conf/generator, the one place it lives
@@ -566,13 +632,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.generator_hidden < 2:  # its last hidden layer has hidden // 2 channels
         parser.error(f"--generator-hidden must be at least 2, got {args.generator_hidden}")
     # auto: the precision `python -m zskt.run method=zero_shot` resolves to on this machine
-    precision = compose_config(["method=zero_shot"]).trainer.precision if args.precision == "auto" else args.precision
-    base = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
-            "n_student_steps": args.n_student_steps, "generator_hidden": args.generator_hidden, "iterations": args.iterations, "warmup": args.warmup}
-    default = {**base, "precision": precision, "channels_last": True, "compile": args.compile}
-    baseline = {**base, "precision": "32-true", "channels_last": False, "compile": False}
+    return compose_config(["method=zero_shot"]).trainer.precision if args.precision == "auto" else args.precision
 
-    report = {
+
+def machine_report(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The report's head: the machine, the pair and the command."""
+    import torch
+
+    from zskt.hardware import cpu_has_native_bf16
+    from zskt.models.families import name_of
+
+    return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
         "cpu_bf16": "native (AVX-512 BF16 or AMX)" if cpu_has_native_bf16() else "emulated",
         "torch": torch.__version__,
@@ -583,9 +653,12 @@ def main(argv: list[str] | None = None) -> None:
         "generator_hidden": args.generator_hidden,
         "command": " ".join(sys.argv if argv is None else ["scripts/bench.py", *argv]),
     }
-    # the module, the plain loops and the matmul peak are compared with each other: with --repeats
-    # they are measured in turn, round after round, and each keeps its fastest round, so a slow spell
-    # of a shared host (20 % and more between minutes here) does not land on one side of a ratio only
+
+
+def measure_compared(args: argparse.Namespace, default: dict, precision: str, report: dict) -> None:
+    """The module, the plain loops and the matmul peak, into `report`. They are compared with each other:
+    with --repeats they are measured in turn, round after round, and each keeps its fastest round, so a
+    slow spell of a shared host (20 % and more between minutes here) does not land on one side of a ratio only."""
     compared = {"default": ("zero_shot", default), "plain_loop_same_work": ("plain_loop", {**default, "variant": "same_work"})}
     if is_wrn(args.teacher) and is_wrn(args.student):
         compared["plain_loop_study"] = ("plain_loop", {**default, "variant": "study"})
@@ -606,18 +679,23 @@ def main(argv: list[str] | None = None) -> None:
             report[key] = min(results, key=lambda r: r["seconds_per_iteration"])
             report[key]["seconds_per_iteration_each_round"] = [r["seconds_per_iteration"] for r in results]
     report["repeats"] = args.repeats
+
+
+def measure_the_rest(args: argparse.Namespace, default: dict, report: dict) -> None:
+    """Into `report`: the every-switch-off baseline (not with --quick), the batch sweep, the precision
+    mixes and the scratch epoch, each where asked for."""
     if not args.quick:
         print("bench: zero-shot iteration, baseline (32-true, NCHW, no compile)", file=sys.stderr)
+        baseline = {**default, "precision": "32-true", "channels_last": False, "compile": False}
         report["baseline"] = run_isolated("zero_shot", baseline)
         report["speedup"] = round(report["baseline"]["seconds_per_iteration"] / report["default"]["seconds_per_iteration"], 3)
-    sweep = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     report["batch_sweep"] = []
-    for bs in sweep:
+    for bs in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
         print(f"bench: zero-shot iteration at batch {bs}", file=sys.stderr)
         result = report["default"] if bs == args.batch_size else run_isolated("zero_shot", {**default, "batch_size": bs})
         report["batch_sweep"].append({k: result[k] for k in ("batch_size", "seconds_per_iteration", "peak_memory_mb")})
     report["precision_mixes"] = []
-    for mix in (m.strip() for m in args.precision_mixes.split(",") if m.strip()):
+    for mix in precision_mixes(args):
         print(f"bench: zero-shot iteration, method.precision_mix={mix}", file=sys.stderr)
         result = run_isolated("zero_shot", {**default, "precision": "32-true", "precision_mix": mix})
         report["precision_mixes"].append({k: result[k] for k in (
@@ -625,6 +703,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.scratch_images > 0:
         print(f"bench: scratch epoch over {args.scratch_images} in-memory images", file=sys.stderr)
         report["scratch"] = run_isolated("scratch", {**default, "batch_size": 128, "scratch_images": args.scratch_images})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure (or, with the hidden --_measure, run one measurement for `run_isolated`) and write the JSON."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args._measure:
+        print(json.dumps(MEASUREMENTS[args._measure](json.loads(args._spec))))
+        return
+    if args.quick:
+        args.iterations, args.warmup, args.batch_sizes, args.scratch_images = 2, 1, "", 0
+    precision = check_arguments(parser, args)
+    default = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
+               "n_student_steps": args.n_student_steps, "generator_hidden": args.generator_hidden,
+               "iterations": args.iterations, "warmup": args.warmup,
+               "precision": precision, "channels_last": True, "compile": args.compile}
+    report = machine_report(args, argv)
+    measure_compared(args, default, precision, report)
+    measure_the_rest(args, default, report)
     report["where_the_time_goes"] = where_the_time_goes(report["default"], report["plain_loop_same_work"],
                                                         report["plain_loop_study"], report["matmul_peak"])
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
