@@ -21,7 +21,8 @@ Paths in a block are relative to the page's folder. The kinds of block:
 - `gradients JSON ...`: the gradient cosines against fp32 of scripts/precision_compare.py, one column per file.
 - `speed JSON`: seconds per zero-shot iteration per `method.precision_mix` from scripts/bench.py's JSON.
 
-A block's arguments split as a shell would: quote a label that holds blanks (`"fp32 (the demo)=runs/..."`).
+A block's arguments split as a shell would: quote a label that holds blanks (`"fp32 (the demo)"=runs/...`);
+a label ends at its first `=`.
 """
 from __future__ import annotations
 

@@ -72,3 +72,15 @@ def test_a_bad_block_is_a_one_line_error(tmp_path, capsys):
     page.write_text("<!-- results_page: plots x -->\n<!-- results_page: end -->\n")
     assert results_page.main([str(page)]) == 2
     assert "unknown block kind 'plots'" in capsys.readouterr().err
+
+
+def test_every_results_section_is_generated_from_records_or_says_it_has_none():
+    """A figure on the page either comes from docs/runs (a generated block) or its section says
+    **No record**; the sections that hold no run's figures are named here."""
+    text = (DOCS / "RESULTS.md").read_text()
+    sections = [part.split("\n", 1) for part in text.split("\n## ")[1:]]
+    without_figures = {"Setup", "What this shows", "Commands"}
+    for heading, body in sections:
+        if heading in without_figures:
+            continue
+        assert results_page.BLOCK.search(body) or "**No record" in body, f"section '{heading}': no records, no mark"
