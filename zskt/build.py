@@ -6,6 +6,7 @@ it builds."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -15,6 +16,9 @@ from zskt.checkpoints import load_model
 from zskt.config import instantiate_node
 from zskt.methods.base import RunInputs, StudentModule
 from zskt.models import families
+
+if TYPE_CHECKING:
+    from zskt.data.datamodule import ImageDataModule
 
 
 def starting_student(cfg: DictConfig, num_classes: int) -> tuple[dict, torch.nn.Module | None, dict | None]:
@@ -28,7 +32,7 @@ def starting_student(cfg: DictConfig, num_classes: int) -> tuple[dict, torch.nn.
     return meta["arch"], initial, meta
 
 
-def build_method(raw: DictConfig, cfg: DictConfig, method_cls: type[StudentModule], datamodule,
+def build_method(raw: DictConfig, cfg: DictConfig, method_cls: type[StudentModule], datamodule: ImageDataModule,
                  train: Callable[[DictConfig], dict]) -> tuple[StudentModule, teachers.RunTeacher]:
     """The run's method module, and its teacher (`info` None where the method took none). `train`
     runs a config to its results: the entry point's own run function, which trains a missing teacher."""

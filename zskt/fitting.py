@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
@@ -19,6 +20,9 @@ from zskt.callbacks import Diverged, WallTime
 from zskt.config import is_multirun
 from zskt.errors import RunStopped, UserError
 from zskt.methods.base import StudentModule
+
+if TYPE_CHECKING:
+    from zskt.data.datamodule import ImageDataModule
 
 
 def resume_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
@@ -37,7 +41,8 @@ def resume_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
                     "exist: the run never reached its first checkpoint; start it again")
 
 
-def fit(cfg: DictConfig, trainer: pl.Trainer, module: StudentModule, datamodule, wall: WallTime) -> dict | None:
+def fit(cfg: DictConfig, trainer: pl.Trainer, module: StudentModule, datamodule: ImageDataModule,
+        wall: WallTime) -> dict | None:
     """Train (on resume=true from the checkpoint `resume_checkpoint` finds); the results of a diverged
     run in a sweep. A single diverged run raises `RunStopped` with status 1, SIGTERM with 143 and
     Ctrl-C with 130, each with the line that says what to do."""

@@ -23,6 +23,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -71,7 +72,7 @@ logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").a
 
 
 @releases_run_dir_locks
-def execute(raw: DictConfig, callbacks=()) -> dict:
+def execute(raw: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Run one configured job and return its results (also written to results.json).
     `callbacks`: extra Lightning callbacks for this run's Trainer (not for a teacher it trains)."""
     wall = WallTime(time.perf_counter())
@@ -146,6 +147,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    """Hydra's task: one job of the command (each job of a sweep)."""
     run(cfg)
 
 

@@ -12,12 +12,13 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from zskt.checkpoints import load_model
 from zskt.config import compose_config, zoo_path
@@ -27,7 +28,10 @@ from zskt.models.size_and_layout import count_parameters
 from zskt.rundir import TEACHER_SUBDIR
 from zskt.validation import check_teacher
 
-info = rank_zero_only(logging.getLogger("zskt").info)
+if TYPE_CHECKING:
+    from zskt.data.datamodule import ImageDataModule
+
+log_info = rank_zero_only(logging.getLogger("zskt").info)
 
 # the user's overrides a teacher-training command repeats: where the data and the zoo are
 _REPEATED_OVERRIDES = ("dataset.root=", "dataset.download=", "paths.")
@@ -157,18 +161,19 @@ class RunTeacher:
     allows, loaded, and refused if it cannot teach (`check_teacher`). `info` is its description for
     results.json, None while no method has asked."""
 
-    def __init__(self, raw: DictConfig, cfg: DictConfig, datamodule, student_meta: dict | None,
+    def __init__(self, raw: DictConfig, cfg: DictConfig, datamodule: ImageDataModule, student_meta: dict | None,
                  train: Callable[[DictConfig], dict]) -> None:
         self.raw, self.cfg, self.datamodule, self.student_meta, self.train = raw, cfg, datamodule, student_meta, train
         self.network: torch.nn.Module | None = None
         self.info: dict | None = None
 
     def __call__(self) -> tuple[torch.nn.Module, dict]:
+        """The teacher network and its description, made ready on the first call."""
         if self.network is None:
             cfg = self.cfg
             cfg.teacher.checkpoint = choose_checkpoint(self.raw, cfg, self.student_meta)
             if needs_training(cfg):
-                info(f"teacher {cfg.teacher.checkpoint} is missing; training it first ({training_command(cfg)})")
+                log_info(f"teacher {cfg.teacher.checkpoint} is missing; training it first ({training_command(cfg)})")
                 place_trained(cfg, self.train(training_config(self.raw)))
                 # the teacher's run seeded the global streams with its own seed
                 pl.seed_everything(cfg.seed, workers=True, verbose=False)

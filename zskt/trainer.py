@@ -4,6 +4,8 @@ or this install cannot honour is one line that says what to change."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
@@ -43,7 +45,8 @@ def build_loggers(node: DictConfig) -> list:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks=(), steps: int = 1) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, module: pl.LightningModule, extra_callbacks: Sequence[pl.Callback] = (),
+                  steps: int = 1) -> pl.Trainer:
     """The configured Trainer, with the length and evaluation period the method's budget sets, and the
     logging period of a run `steps` batches long unless trainer.log_every_n_steps is set."""
     kwargs = module.trainer_kwargs()
