@@ -95,7 +95,8 @@ def execute(raw: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     datamodule.setup("fit")
     if cfg.resume:  # what the run reads back from its dir, before it writes anything there
         check_resume(output_dir, datamodule.indices, method_cls.trains, cfg.checkpoint.allow_unsafe)
-    module, teacher = build_method(raw, cfg, method_cls, datamodule, train=execute)  # a missing teacher: execute
+    # train=execute: a missing teacher is trained by a run of its own, through this same function
+    module, teacher = build_method(raw, cfg, method_cls, datamodule, train=execute)
     trainer = build_trainer(cfg, module, [*callbacks, wall], module.training_batches(datamodule))
 
     # every input is checked: from here on the run writes its outputs
