@@ -72,7 +72,7 @@ def seeds_table(args: list[str], here: Path, write_plots: bool) -> str:
     fmt = f"{{:.{opts.digits}f}}"
     header = ["run", *(f"seed {s}" for s in seeds), "mean ± std (n)"]
     if opts.threshold is not None:
-        header += [f"seeds ≥ {opts.threshold:g} %", f"mean of those seeds only"]
+        header += [f"seeds ≥ {opts.threshold:g} %", "mean of those seeds only"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, runs in rows:
         accs = {s: r["test_acc"] for s, r in runs.items()}
@@ -110,9 +110,6 @@ def summarize_table(args: list[str], here: Path, write_plots: bool) -> str:
     opts = parser.parse_args(args)
     runs, _ = summarize.find_runs([here / d for d in opts.dirs])
     rows = summarize.summarize(runs)
-    columns = summarize.table_columns(rows, opts.paper)
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f(row) for _, f in columns) + " |" for row in rows]
     if write_plots:
         if opts.plot:
             summarize.plot(rows, here / opts.plot, opts.paper)
@@ -120,7 +117,7 @@ def summarize_table(args: list[str], here: Path, write_plots: bool) -> str:
             summarize.plot_learning_curves(rows, here / opts.curves, opts.paper)
         if opts.transitions:
             summarize.plot_transitions(summarize.transition_groups(rows), here / opts.transitions)
-    return "\n".join(lines) + "\n"
+    return "\n".join(summarize.table_lines(rows, opts.paper)) + "\n"
 
 
 GRADIENT_ROWS = (  # (row label, precision_compare key)

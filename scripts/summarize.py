@@ -299,16 +299,20 @@ def benchmark_footnote(rows: list[dict]) -> str:
     return text
 
 
+def table_lines(rows: list[dict], paper: bool = False) -> list[str]:
+    """The groups as the lines of one Markdown table (header, rule, a line per group)."""
+    columns = table_columns(rows, paper)
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return lines + ["| " + " | ".join(f(row) for _, f in columns) + " |" for row in rows]
+
+
 def markdown(rows: list[dict], unfinished: list[Unfinished], paper: bool = False) -> str:
     """The summary as Markdown: the results table, then the unfinished runs."""
-    columns = table_columns(rows, paper)
     lines = [f"## Results: {sum(r['n'] for r in rows)} completed runs in {len(rows)} groups", "", NOTE + ".", ""]
     if paper:
         lines += ["paper / study: published numbers of the paper (Micaelli & Storkey, 2019) and its reproducibility "
                   "study (scripts/paper_numbers.py; MTE for abm rows, else test accuracy %).", ""]
-    lines.append("| " + " | ".join(h for h, _ in columns) + " |")
-    lines.append("|" + "|".join("---" for _ in columns) + "|")
-    lines += ["| " + " | ".join(f(row) for _, f in columns) + " |" for row in rows]
+    lines += table_lines(rows, paper)
     if paper and any(r["benchmark"] is not None for r in rows):
         lines += ["", benchmark_footnote(rows)]
     repeated = [row for row in rows if len(set(row["seeds"])) < len(row["seeds"])]

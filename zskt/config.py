@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zskt.errors import UserError
 from zskt.hardware import best_precision
+from zskt.network_names import config_slug
 from zskt.rundir import RUN_CONFIG, load_run_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -46,12 +47,15 @@ def wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    """Make `${zskt_precision:<accelerator>,<method>,<bf16 methods>}`, `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`
-    and `${zskt_wandb_offline:}` available to the configs."""
+    """Make `${zskt_precision:<accelerator>,<method>,<bf16 methods>}`, `${zskt_zoo:<models>,<dataset>,<network>,<seed>}`,
+    `${zskt_slug:}` (a teacher node's model-zoo name, conf/teacher/_base.yaml) and `${zskt_wandb_offline:}`
+    available to the configs."""
     if not OmegaConf.has_resolver("zskt_precision"):
         OmegaConf.register_new_resolver("zskt_precision", best_precision)
     if not OmegaConf.has_resolver("zskt_zoo"):
         OmegaConf.register_new_resolver("zskt_zoo", zoo_path)
+    if not OmegaConf.has_resolver("zskt_slug"):
+        OmegaConf.register_new_resolver("zskt_slug", config_slug)
     if not OmegaConf.has_resolver("zskt_wandb_offline"):
         OmegaConf.register_new_resolver("zskt_wandb_offline", wandb_offline)
 

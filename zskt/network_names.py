@@ -3,7 +3,7 @@ write (WRN-16-1, ResNet-18) and its part of a model-zoo file name (wrn-16-1, res
 
 `zskt.models.families` builds networks from the same arches; this module stays free of torch so that
 readers of results.json (scripts/summarize.py) and the configs' `${zskt_slug:}` resolver (registered in
-`zskt/__init__.py`) name a network without loading it.
+`zskt.config.register_resolvers`) name a network without loading it.
 """
 
 from __future__ import annotations

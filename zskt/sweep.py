@@ -56,12 +56,10 @@ def final_hparams(cfg: DictConfig, results: dict) -> tuple[dict[str, Any], dict[
     """(hyperparameters, metrics) of a completed run: its overrides and identity (method, dataset,
     M - 'all' for the full train set -, seed, networks, budget); its final numbers from results.json as
     final/<name>."""
-    def arch(node: dict | None) -> str:
-        return entry_name(node) or "none"
-
     params = {**override_values(cfg), "method": results["method"], "dataset": results["dataset"],
               "m": "all" if results["m"] is None else results["m"], "seed": results["seed"],
-              "student": arch(results["student"]), "teacher": arch(results["teacher"]),
+              "student": entry_name(results["student"]) or "none",
+              "teacher": entry_name(results["teacher"]) or "none",
               **{f"budget/{key}": _hparam(value) for key, value in (results.get("budget") or {}).items()}}
     metrics = {f"final/{name}": float(results[name]) for name in FINAL_METRICS if results.get(name) is not None}
     if (results.get("teacher") or {}).get("test_acc") is not None:

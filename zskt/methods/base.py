@@ -18,7 +18,7 @@ from zskt.errors import UserError
 from zskt.models.attention_points import AttentionPoints, pair_points
 from zskt.models import families
 from zskt.models.families import build_network
-from zskt.models.wide_resnet import count_parameters, set_channels_last
+from zskt.models.size_and_layout import count_parameters, set_channels_last
 from zskt.validation import check
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ from zskt.errors import UserError
 from zskt.losses import generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
-from zskt.models.wide_resnet import set_channels_last
+from zskt.models.size_and_layout import set_channels_last
 from zskt.rng import PicklableGenerators
 from zskt.validation import check
 

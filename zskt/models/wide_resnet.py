@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zskt.errors import UserError
-# every family's, in zskt.models.size_and_layout; still importable from here for zskt.methods
-from zskt.models.size_and_layout import count_parameters, set_channels_last  # noqa: F401
 
 
 class BasicBlock(nn.Module):
