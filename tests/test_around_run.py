@@ -130,12 +130,17 @@ def test_resume_from_the_interrupted_checkpoint_sums_the_wall_time(tmp_path):
         run_with_callbacks(tmp_path, overrides, callbacks=[KillAtBatch(5)])
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["interrupted.ckpt"]
-    first_part = torch.load(checkpoints / "interrupted.ckpt", weights_only=True)["callbacks"]["WallTime"]["wall_time_s"]
-    start = time.perf_counter()
+    clock = torch.load(checkpoints / "interrupted.ckpt", weights_only=True)["callbacks"]["WallTime"]
+    first_part, first_cpu = clock["wall_time_s"], clock["cpu_time_s"]
+    start, cpu_start = time.perf_counter(), time.process_time()
     done = run_with_callbacks(tmp_path, ["resume=true"])
-    second_part = time.perf_counter() - start
+    second_part, second_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     assert [e["epoch"] for e in done["evaluations"]] == [1, 2]
     assert first_part > 0 and first_part + second_part - 1.0 <= done["wall_time_s"] <= first_part + second_part
+    assert first_cpu > 0 and first_cpu + second_cpu - 1.0 <= done["cpu_time_s"] <= first_cpu + second_cpu
+    # each evaluation is stamped with the clocks at that point: rising, within the run's totals
+    walls, cpus = [e["wall_s"] for e in done["evaluations"]], [e["cpu_s"] for e in done["evaluations"]]
+    assert 0 < walls[0] < walls[1] <= done["wall_time_s"] and 0 < cpus[0] < cpus[1] <= done["cpu_time_s"]
 
 
 ZERO_SHOT = ["method=zero_shot", "dataset=digits", "student.depth=10", *TEACHER, "method.batch_size=16",

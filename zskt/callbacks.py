@@ -79,22 +79,36 @@ class IterationProgressBar(TQDMProgressBar):
 
 
 class WallTime(pl.Callback):
-    """The run's wall time since `start` (a `time.perf_counter()` value), plus that of the parts before a
-    resume: kept in every checkpoint, so a resumed run's results.json counts all of its parts (up to
-    the checkpoint each resumed from). Lightning's `Timer` counts the fit's stages only, not the data
-    setup and the final test."""
+    """The run's wall time since `start` (a `time.perf_counter()` value) and its process CPU time since
+    `cpu_start` (a `time.process_time()` value, every thread of this process), plus those of the parts
+    before a resume: kept in every checkpoint, so a resumed run's results.json counts all of its parts
+    (up to the checkpoint each resumed from). Lightning's `Timer` counts the fit's stages only, not the
+    data setup and the final test, and no CPU time. Each periodic evaluation of the fit is stamped with
+    both (`wall_s`, `cpu_s`): CPU seconds compare methods' cost when other jobs share the cores."""
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, cpu_start: float) -> None:
         self.start, self.before = start, 0.0
+        self.cpu_start, self.cpu_before = cpu_start, 0.0
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.start
 
+    def cpu_seconds(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the module's on_validation_epoch_end appended the evaluation, before the checkpoint
+        # callbacks (Lightning runs those last) save it
+        evaluations = getattr(pl_module, "evaluations", None)
+        if trainer.state.fn == "fit" and evaluations and "wall_s" not in evaluations[-1]:
+            evaluations[-1].update(wall_s=round(self.seconds(), 1), cpu_s=round(self.cpu_seconds(), 1))
+
     def state_dict(self) -> dict:
-        return {"wall_time_s": self.seconds()}
+        return {"wall_time_s": self.seconds(), "cpu_time_s": self.cpu_seconds()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.before = float(state_dict.get("wall_time_s", 0.0))
+        self.cpu_before = float(state_dict.get("cpu_time_s", 0.0))
 
 
 class Diverged(Exception):

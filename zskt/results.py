@@ -6,8 +6,9 @@ results.json schema (a completed run): status, method, dataset, m, seed, student
 family's arguments (WRN: depth, width), name, params}, teacher {the same, num_classes, checkpoint,
 test_acc} or null, test_acc (the
 final accuracy), best_test_acc (best of the periodic evaluations) and its note, budget, wall_time_s,
-model, precision, evaluations (the periodic test evaluations of the fit: epoch, student_images,
-test_acc, and for zero-shot teacher_max_prob and top_class_share, means over the block's generated
+cpu_time_s (this process's CPU seconds, every thread), model, precision, evaluations (the periodic
+test evaluations of the fit: epoch, student_images, test_acc, wall_s and cpu_s since the run
+started, and for zero-shot teacher_max_prob and top_class_share, means over the block's generated
 batches; the learning curve), plus the method's own entries (`extra_results`). A diverged run: status,
 method, dataset, seed, message, last_good_checkpoint, wall_time_s.
 """
@@ -93,7 +94,7 @@ def save_student(cfg: DictConfig, output_dir: Path, module: pl.LightningModule, 
 
 
 def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, datamodule, tested: dict,
-            teacher_info: dict | None, seconds: float) -> dict:
+            teacher_info: dict | None, seconds: float, cpu_seconds: float) -> dict:
     """The results.json of a completed run (schema in the module docstring)."""
     trains = type(module).trains
     best = float(module.best_accuracy.compute()) if trains else None
@@ -113,6 +114,7 @@ def collect(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, da
         "best_test_acc_note": BEST_NOTE,
         "budget": module.budget(trainer.world_size, len(datamodule.train_split.labels)),
         "wall_time_s": round(seconds, 2),
+        "cpu_time_s": round(cpu_seconds, 2),
         "model": MODEL_FILE if trains else cfg.student.checkpoint,
         "precision": str(trainer.precision),
         "evaluations": module.evaluations,

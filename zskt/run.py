@@ -75,7 +75,7 @@ logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").a
 def execute(raw: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Run one configured job and return its results (also written to results.json).
     `callbacks`: extra Lightning callbacks for this run's Trainer (not for a teacher it trains)."""
-    wall = WallTime(time.perf_counter())
+    wall = WallTime(time.perf_counter(), time.process_time())
     cfg = resolve_config(raw)
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -106,7 +106,8 @@ def execute(raw: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
         return diverged
     tested = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
 
-    done = results.collect(cfg, module, trainer, datamodule, tested, teacher.info, wall.seconds())
+    done = results.collect(cfg, module, trainer, datamodule, tested, teacher.info, wall.seconds(),
+                           wall.cpu_seconds())
     if trainer.is_global_zero:
         if method_cls.trains:
             results.save_student(cfg, output_dir, module, datamodule, teacher.info, done)
