@@ -16,7 +16,7 @@ Paths in a block are relative to the page's folder. The kinds of block:
   a threshold the seeds that reached it and the mean of those seeds only (labelled, never instead of the mean).
 - `per_seed DIR`: one row per `seed<s>` under DIR: teacher and student accuracy, generator restarts, and the
   wall and CPU time its `command.json` measured (the whole command, `/usr/bin/time`).
-- `summarize [--paper] [--plot PNG] [--curves PNG] [--transitions PNG] DIR ...`: the grouped table of
+- `summarize [--paper] [--at-cpu-s S] [--plot PNG] [--curves PNG [--curves-against cpu]] [--transitions PNG] DIR ...`: the grouped table of
   scripts/summarize.py over those dirs (and its plots, written in place; `--check` compares tables only).
 - `gradients JSON ...`: the gradient cosines against fp32 of scripts/precision_compare.py, one column per file.
 - `speed JSON`: seconds per zero-shot iteration per `method.precision_mix` from scripts/bench.py's JSON.
@@ -106,15 +106,17 @@ def summarize_table(args: list[str], here: Path, write_plots: bool) -> str:
     parser.add_argument("--paper", action="store_true")
     for option in ("--plot", "--curves", "--transitions"):
         parser.add_argument(option)
+    parser.add_argument("--curves-against", choices=("images", "cpu"), default="images")
+    parser.add_argument("--at-cpu-s", type=float)
     parser.add_argument("dirs", nargs="+")
     opts = parser.parse_args(args)
     runs, _ = summarize.find_runs([here / d for d in opts.dirs])
-    rows = summarize.summarize(runs)
+    rows = summarize.summarize(runs, opts.at_cpu_s)
     if write_plots:
         if opts.plot:
             summarize.plot(rows, here / opts.plot, opts.paper)
         if opts.curves:
-            summarize.plot_learning_curves(rows, here / opts.curves, opts.paper)
+            summarize.plot_learning_curves(rows, here / opts.curves, opts.paper, opts.curves_against)
         if opts.transitions:
             summarize.plot_transitions(summarize.transition_groups(rows), here / opts.transitions)
     return "\n".join(summarize.table_lines(rows, opts.paper)) + "\n"

@@ -2,7 +2,7 @@
 
     python scripts/summarize.py outputs/multirun/<stamp> [more dirs] [--paper]
         [--csv summary.csv] [--json summary.json] [--plot summary.png] [--transitions curves.png]
-        [--curves learning.png]
+        [--curves learning.png] [--curves-against cpu] [--at-cpu-s SECONDS]
 
 Runs are grouped by (method, from, dataset, teacher, student, M, budget, precision): `from` is the
 method of the model a run starts from (fine-tuning and belief matching, read from the results.json
@@ -13,7 +13,7 @@ plots and curves name the precision when the runs hold more than one). Each grou
 test accuracy (the headline) as mean ± sample standard deviation (n - 1) over its runs (seeds), the
 best-of-evaluations accuracy (the best of the periodic test-set evaluations: test-set model
 selection, the number the originals report) in its own column, the count n, the mean wall time of a
-run, the images the student was trained on (results.json's budget.student_images: the unit that puts
+run (and its mean CPU time, where the runs recorded one), the images the student was trained on (results.json's budget.student_images: the unit that puts
 methods on equal compute), and for belief matching (method abm) the mean transition error.
 Runs without a results.json (still running, or crashed) and runs whose status is not
 "completed" are listed in a section of their own.
@@ -28,6 +28,11 @@ data dashed, zero-shot dotted); bottom, a teacher/student table (the paper's Tab
 --curves writes a PNG of the learning curves: each group's test accuracy at its periodic evaluations
 (results.json's evaluations, the mean over its runs) against the images the student trained on, log
 scale; with --paper the published number of the row is marked at the published run's full budget.
+--curves-against cpu draws them against the CPU hours the runs had spent at each evaluation instead
+(the evaluations' cpu_s: the cost axis when methods' images differ in price).
+--at-cpu-s SECONDS adds a column: each group's test accuracy at equal CPU time, that of each run's
+last evaluation made within SECONDS of CPU time (mean ± std over the runs; '-' when a run recorded no
+CPU times or made no evaluation that early).
 --transitions writes a PNG of the transition curves of every belief-matching group (the paper's
 Figure 4): the student's p_j solid, the teacher's dashed, each the mean over the group's runs of
 the transition_curves.csv its run wrote.
@@ -68,8 +73,8 @@ NOTE = ("final = test accuracy at the end of training (the headline); best-of-ev
         "mean ± sample std (n - 1) over the group's runs (seeds); n = runs")
 CSV_COLUMNS = ("method", "from", "dataset", "teacher", "student", "m", "budget", "precision", "n", "seeds",
                "test_acc_mean", "test_acc_std", "best_test_acc_mean", "best_test_acc_std", "mte_mean", "mte_std",
-               "teacher_test_acc_mean", "paper", "study", "benchmark", "wall_time_s_mean",
-               "student_images_mean")
+               "teacher_test_acc_mean", "paper", "study", "benchmark", "wall_time_s_mean", "cpu_time_s_mean",
+               "student_images_mean", "at_cpu_mean", "at_cpu_std")
 
 
 class SummaryError(Exception):
@@ -87,10 +92,19 @@ class Run:
     mte: float | None
     teacher_test_acc: float | None
     wall_time_s: float | None
+    cpu_time_s: float | None  # the process's CPU seconds (runs made before it was recorded: None)
     student_images: int | None  # images the student took optimiser steps on (results.json's budget)
     budget_scale: float  # method.budget_scale: runs of one method at different scales are different curves
     job: Path  # the run's directory (belief matching's transition_curves.csv is read from it)
-    evaluations: tuple = ()  # its learning curve: (student images, test accuracy) per periodic evaluation
+    evaluations: tuple = ()  # its learning curve: (student images, test accuracy, CPU s or None) per evaluation
+
+    def accuracy_at_cpu(self, seconds: float) -> float | None:
+        """The test accuracy of the last evaluation made within `seconds` of CPU time (None: no CPU
+        times recorded, or no evaluation that early)."""
+        if not self.evaluations or any(cpu is None for _, _, cpu in self.evaluations):
+            return None
+        within = [acc for _, acc, cpu in self.evaluations if cpu <= seconds]
+        return within[-1] if within else None
 
 
 @dataclass(frozen=True)
@@ -158,9 +172,9 @@ def load_run(path: Path) -> Run | Unfinished:
     key = (results["method"], origin(path.parent, results), results["dataset"], arch(results.get("teacher")),
            arch(results["student"]), results.get("m"), budget_label(budget), results.get("precision"))
     return Run(key, results.get("seed"), results.get("test_acc"), results.get("best_test_acc"), results.get("mte"),
-               (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"),
+               (results.get("teacher") or {}).get("test_acc"), results.get("wall_time_s"), results.get("cpu_time_s"),
                budget.get("student_images"), budget.get("budget_scale", 1.0), path.parent,
-               tuple((e["student_images"], e["test_acc"]) for e in results.get("evaluations") or []))
+               tuple((e["student_images"], e["test_acc"], e.get("cpu_s")) for e in results.get("evaluations") or []))
 
 
 def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Unfinished]]:
@@ -219,15 +233,22 @@ def mixed_precision(rows: list[dict]) -> bool:
     return len({r["precision"] for r in rows}) > 1
 
 
-def mean_curve(curves: list[tuple]) -> list[tuple[int, float]]:
-    """The group's learning curve: the mean test accuracy over its runs at each evaluation, as far as
-    every run got (runs of a group share the schedule: same method, budget and evaluations)."""
+def mean_curve(curves: list[tuple]) -> list[tuple[int, float, float | None]]:
+    """The group's learning curve: the mean test accuracy (and mean CPU seconds, None unless every run
+    recorded them) over its runs at each evaluation, as far as every run got (runs of a group share the
+    schedule: same method, budget and evaluations)."""
     length = min((len(c) for c in curves), default=0)
-    return [(curves[0][i][0], statistics.fmean(c[i][1] for c in curves)) for i in range(length)]
+    curve = []
+    for i in range(length):
+        cpus = [c[i][2] for c in curves]
+        cpu = None if None in cpus else statistics.fmean(cpus)
+        curve.append((curves[0][i][0], statistics.fmean(c[i][1] for c in curves), cpu))
+    return curve
 
 
-def summarize(runs: list[Run]) -> list[dict]:
-    """One row per group: its key fields, n, seeds, and mean/std of each metric; published numbers added."""
+def summarize(runs: list[Run], at_cpu_s: float | None = None) -> list[dict]:
+    """One row per group: its key fields, n, seeds, and mean/std of each metric; published numbers added;
+    with `at_cpu_s`, the accuracy at that CPU time (`at_cpu_mean`, `at_cpu_std`; Run.accuracy_at_cpu)."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.key, []).append(run)
@@ -239,8 +260,15 @@ def summarize(runs: list[Run]) -> list[dict]:
                "budget_scale": members[0].budget_scale,
                "n": len(members),
                "seeds": sorted((r.seed for r in members if r.seed is not None))}
-        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "student_images"):
+        for metric in ("test_acc", "best_test_acc", "mte", "teacher_test_acc", "wall_time_s", "cpu_time_s",
+                       "student_images"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in members])
+        row["at_cpu_s"] = at_cpu_s
+        row["at_cpu_mean"] = row["at_cpu_std"] = None
+        if at_cpu_s is not None:
+            at = [r.accuracy_at_cpu(at_cpu_s) for r in members]
+            if None not in at:  # a mean over only the runs that got there would flatter the group
+                row["at_cpu_mean"], row["at_cpu_std"] = mean_std(at)
         numbers = published(method, start, dataset, teacher, student, m, "mte" if method == "abm" else "test_acc")
         for source in SOURCES:
             row[source] = numbers[source] if numbers else None
@@ -277,7 +305,11 @@ def table_columns(rows: list[dict], paper: bool) -> list[tuple[str, Callable[[di
         columns += [("paper", lambda r: format_value(r["paper"])), ("study", lambda r: format_value(r["study"]))]
         if any(r["benchmark"] is not None for r in rows):  # the data-free KD benchmark's networks and datasets
             columns.append(("benchmark", lambda r: format_value(r["benchmark"])))
+    if rows and rows[0]["at_cpu_s"] is not None:
+        columns.append((f"acc % at {rows[0]['at_cpu_s']:g} CPU s", lambda r: cell(r["at_cpu_mean"], r["at_cpu_std"])))
     columns.append(("wall s (mean)", lambda r: "-" if r["wall_time_s_mean"] is None else f"{r['wall_time_s_mean']:.0f}"))
+    if any(r["cpu_time_s_mean"] is not None for r in rows):
+        columns.append(("CPU s (mean)", lambda r: "-" if r["cpu_time_s_mean"] is None else f"{r['cpu_time_s_mean']:.0f}"))
     return columns
 
 
@@ -535,9 +567,10 @@ def curve_labels(rows: list[dict]) -> list[str]:
     return labels
 
 
-def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> None:
+def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False, against: str = "images") -> None:
     """Test accuracy against the images the student trained on (log scale), one line per group with a
-    learning curve; with `paper`, the published figure of the same row marked (x) at its run's full budget."""
+    learning curve; with `paper`, the published figure of the same row marked (x) at its run's full budget.
+    `against="cpu"`: against the CPU hours spent at each evaluation (groups whose runs recorded them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -545,18 +578,23 @@ def plot_learning_curves(rows: list[dict], path: Path, paper: bool = False) -> N
 
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = itertools.cycle([f"C{i}" for i in range(10)])
-    curves = [r for r in rows if r["curve"]]
+    by_cpu = against == "cpu"
+    curves = [r for r in rows if r["curve"] and not (by_cpu and any(cpu is None for _, _, cpu in r["curve"]))]
     for row, label in zip(curves, curve_labels(curves)):
         color = next(colors)
-        images, accuracy = zip(*row["curve"])
-        ax.plot(images, accuracy, marker="o", color=color, label=label)
+        images, accuracy, cpu = zip(*row["curve"])
+        ax.plot([s / 3600 for s in cpu] if by_cpu else images, accuracy, marker="o", color=color, label=label)
         published_value = row["study"] if row["study"] is not None else row["paper"]
         full = full_budget_images(row["method"], row["dataset"], row["m"])
-        if paper and published_value is not None and full is not None:
+        if paper and not by_cpu and published_value is not None and full is not None:
             value = published_value[0] if isinstance(published_value, tuple) else published_value
             ax.plot([full], [value], marker="x", markersize=10, color=color, linestyle="none")
-    ax.set(xscale="log", xlabel="images the student trained on (log scale)", ylabel="test accuracy (%)",
-           title="Learning curves" + ("; x: published, at its full budget" if paper else ""))
+    if by_cpu:
+        ax.set(xlabel="CPU hours spent (every thread of the run's process)", ylabel="test accuracy (%)",
+               title="Learning curves against CPU time")
+    else:
+        ax.set(xscale="log", xlabel="images the student trained on (log scale)", ylabel="test accuracy (%)",
+               title="Learning curves" + ("; x: published, at its full budget" if paper else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -577,6 +615,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write one PNG: accuracy vs M (Figure 2) above the teacher/student table (Table 1)")
     parser.add_argument("--curves", type=Path, metavar="FILE",
                         help="write a PNG of the learning curves: test accuracy against student images (log scale)")
+    parser.add_argument("--curves-against", choices=("images", "cpu"), default="images",
+                        help="the learning curves' x axis: student images (default) or the CPU hours spent")
+    parser.add_argument("--at-cpu-s", type=float, metavar="SECONDS",
+                        help="add a column: each group's test accuracy at its last evaluation within SECONDS of CPU time")
     parser.add_argument("--transitions", type=Path, metavar="FILE",
                         help="write a PNG of the belief-matching transition curves, student vs teacher (Figure 4)")
     return parser.parse_args(argv)
@@ -589,7 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     except SummaryError as err:
         print(f"summarize: error: {err}", file=sys.stderr)
         return 2
-    rows = summarize(runs)
+    if args.at_cpu_s is not None and args.at_cpu_s <= 0:
+        print(f"summarize: error: --at-cpu-s {args.at_cpu_s:g} must be a positive number of seconds", file=sys.stderr)
+        return 2
+    rows = summarize(runs, args.at_cpu_s)
     try:  # checked before anything is written
         curves = transition_groups(rows) if args.transitions else []
     except SummaryError as err:
@@ -610,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_transitions(curves, args.transitions)
         written.append((args.transitions, "the belief-matching transition curves"))
     if args.curves:
-        plot_learning_curves(rows, args.curves, args.paper)
+        plot_learning_curves(rows, args.curves, args.paper, args.curves_against)
         written.append((args.curves, "the learning curves"))
     for path, what in written:
         print(f"summarize: wrote {path.resolve()} ({what})", file=sys.stderr)

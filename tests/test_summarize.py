@@ -340,11 +340,36 @@ def test_learning_curves_average_the_runs_evaluations_and_plot(tmp_path):
     write_run(sweep / "kd", m=200, test_acc=50.0)  # an older results.json: no evaluations, no line
     rows = summarize.summarize(summarize.find_runs([sweep])[0])
     (zero_shot,) = [r for r in rows if r["method"] == "zero_shot"]
-    assert zero_shot["curve"] == [(1280, 11.0), (2560, 22.0)]  # as far as both runs got
+    assert zero_shot["curve"] == [(1280, 11.0, None), (2560, 22.0, None)]  # as far as both runs got; no CPU times
     assert [r["curve"] for r in rows if r["method"] == "kd_at"] == [[]]
     out = tmp_path / "curves.png"
     assert summarize.main([str(sweep), "--paper", "--curves", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_accuracy_at_equal_cpu_time_reads_each_runs_last_evaluation_within_it(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for seed, points in enumerate([((10.0, 100.0), (30.0, 200.0), (50.0, 300.0)), ((20.0, 90.0), (40.0, 210.0))]):
+        evaluations = [{"epoch": i + 1, "student_images": 1000 * (i + 1), "test_acc": a, "cpu_s": c}
+                       for i, (a, c) in enumerate(points)]
+        write_run(sweep / f"dfq_{seed}", method="dfq", m=None, seed=seed, test_acc=points[-1][0], cpu_time_s=points[-1][1] + 5,
+                  budget={"iterations": 3, "budget_scale": 1.0}, evaluations=evaluations)
+    write_run(sweep / "kd", m=200, test_acc=50.0)  # no CPU times recorded: '-' in the column, never a guess
+    runs = summarize.find_runs([sweep])[0]
+    rows = summarize.summarize(runs, at_cpu_s=205.0)
+    (dfq,) = [r for r in rows if r["method"] == "dfq"]
+    assert dfq["at_cpu_mean"] == pytest.approx((30.0 + 20.0) / 2)  # seed 0 at 200 s, seed 1 at 90 s
+    assert dfq["cpu_time_s_mean"] == pytest.approx((305.0 + 215.0) / 2)
+    assert dfq["curve"] == [(1000, 15.0, 95.0), (2000, 35.0, 205.0)]
+    # a run with no evaluation that early leaves the group without a figure rather than a flattering mean
+    assert summarize.summarize(runs, at_cpu_s=95.0)[0]["at_cpu_mean"] is None
+    assert summarize.main([str(sweep), "--at-cpu-s", "205", "--curves", str(tmp_path / "c.png"),
+                           "--curves-against", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "| acc % at 205 CPU s |" in table and "| 25.00 ± 7.07 |" in table and "| CPU s (mean) |" in table
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert summarize.main([str(sweep), "--at-cpu-s", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_the_same_recipe_in_two_precisions_is_two_rows_each_named(tmp_path):
@@ -379,7 +404,7 @@ def test_zero_shot_runs_of_one_length_at_two_batch_sizes_are_two_rows_named_in_t
     rows = summarize.summarize(summarize.find_runs([sweep])[0])
     assert [(r["budget"], r["n"], r["test_acc_mean"]) for r in rows] == [
         ("1000 it, 1280 img/it", 1, 35.0), ("1000 it, 640 img/it", 2, 28.0)]
-    assert rows[1]["curve"] == [(320_000, 11.0), (640_000, 28.0)]  # the mean over its two seeds
+    assert rows[1]["curve"] == [(320_000, 11.0, None), (640_000, 28.0, None)]  # the mean over its two seeds
     labels = summarize.curve_labels(rows)
     assert labels == ["zero_shot, cifar10, WRN-40-2 → WRN-16-1, 1000 it, 1280 img/it (n=1)",
                       "zero_shot, cifar10, WRN-40-2 → WRN-16-1, 1000 it, 640 img/it (n=2)"]
