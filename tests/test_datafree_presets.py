@@ -50,3 +50,30 @@ def test_the_datafree_methods_run_in_fp32_even_where_bf16_is_native(monkeypatch,
     for method in METHODS:
         assert resolved_precision(f"method={method}") == "32-true", method
         assert resolved_precision(f"method={method}", "trainer.precision=bf16-mixed") == "bf16-mixed"
+
+
+def student_images(method) -> int:
+    """The student images a datafree_miniature job's config asks for (each method's own budget unit)."""
+    if method.name == "zero_shot":
+        return method.iterations * method.n_student_steps * method.batch_size
+    if method.name == "dfq":
+        return method.epochs * method.epoch_steps * method.batch_size
+    if method.name == "fast":
+        return (method.epochs - method.warmup_epochs) * method.kd_steps * method.batch_size
+    return method.epochs * method.kd_steps * method.batch_size
+
+
+def test_the_digits_comparison_runs_every_method_on_the_miniatures_teachers_at_one_budget():
+    preset = "datafree_miniature"
+    jobs = [job_config(preset, job) for job in expand(preset)]
+    assert len(jobs) == 4 * len(SEEDS)
+    assert {(cfg.method.name, cfg.seed) for cfg in jobs} == set(itertools.product(
+        ("zero_shot", "dfq", "deepinversion", "fast"), SEEDS))
+    for cfg in jobs:
+        # the paper_miniature teachers (the zoo's WRN-16-2 digits model of the job's seed) and student, fp32
+        assert (cfg.dataset.name, network(cfg.teacher), network(cfg.student)) == ("digits", ("wrn", 16, 2), ("wrn", 16, 1))
+        assert cfg.teacher.train_if_missing and cfg.trainer.precision == "32-true"
+        assert (cfg.method.batch_size, student_images(cfg.method)) == (64, 128_000), cfg.method.name
+        assert job_dir(cfg) == Path(OUTPUTS, preset, cfg.method.name, f"seed{cfg.seed}")
+    miniature = job_config("paper_miniature", expand("paper_miniature")[0])
+    assert {cfg.teacher.checkpoint for cfg in jobs if cfg.seed == 0} == {miniature.teacher.checkpoint}
