@@ -194,9 +194,10 @@ N_S = 2
 NOISE_SEED = 7
 
 
-def zero_shot_reference(initial: dict, steps: list[Step], teacher: nn.Module, student_batch: str):
+def zero_shot_reference(initial: dict, steps: list[Step], teacher: nn.Module, student_batch: str,
+                        balance_weight: float = 0.0):
     """One iteration of docs/method.md#zero-shot-transfer, plainly, checked step by step against the
-    module's `steps`.
+    module's `steps`; `balance_weight`: the opt-in class prior on the generator's loss.
     Returns the reference networks, its two optimisers and the gradient norms before clipping."""
     student, generator = WideResNet(**STUDENT), Generator()
     nets = {"student": student, "generator": generator}
@@ -216,7 +217,11 @@ def zero_shot_reference(initial: dict, steps: list[Step], teacher: nn.Module, st
     x = generator(z)
     # 2. generator step: teacher (eval) and student (train mode) on x, loss -KL(t || s), into G only
     student.requires_grad_(False)
-    loss_g = -kl(student(x), teacher(x), tau=1.0)
+    t = teacher(x)
+    loss_g = -kl(student(x), t, tau=1.0)
+    if balance_weight:  # + w * sum_c pbar_c log pbar_c, pbar the batch-mean teacher softmax
+        pbar = t.softmax(1).mean(0)
+        loss_g = loss_g + balance_weight * (pbar * pbar.log()).sum()
     generator.zero_grad()
     loss_g.backward()
     student.requires_grad_(True)
@@ -247,21 +252,25 @@ def zero_shot_reference(initial: dict, steps: list[Step], teacher: nn.Module, st
     return nets, opt_s, opt_g, norms
 
 
-@pytest.mark.parametrize("student_batch", ["pre_update", "post_update", "fresh"])
-def test_one_zero_shot_iteration_follows_the_reference_loop(tmp_path, student_batch):
+@pytest.mark.parametrize(("student_batch", "balance_weight"),
+                         [("pre_update", 0.0), ("post_update", 0.0), ("fresh", 0.0), ("pre_update", 3.0)])
+def test_one_zero_shot_iteration_follows_the_reference_loop(tmp_path, student_batch, balance_weight):
     # a confident teacher and a student with a small stem: every gradient norm exceeds the clip
-    teacher = random_teacher(logit_scale=1000.0)
+    teacher = random_teacher(logit_scale=1000.0 if not balance_weight else 3.0)  # a softmax with a gradient
     torch.manual_seed(0)
     module = build_method(tmp_path, "zero_shot", teacher, iterations=ITERATIONS, eval_every=1, batch_size=BATCH,
-                          n_student_steps=N_S, student_batch=student_batch, noise_seed=NOISE_SEED)
+                          n_student_steps=N_S, student_batch=student_batch, noise_seed=NOISE_SEED,
+                          balance_weight=balance_weight)
     with torch.no_grad():
         module.student.conv1.weight.mul_(0.2)
     recorder = StepRecorder("student", "generator")
     fitted = trainer(limit_train_batches=1, callbacks=[recorder])
     fitted.fit(module)
 
-    nets, opt_s, opt_g, norms = zero_shot_reference(recorder.initial, recorder.steps, teacher, student_batch)
-    assert min(norms) > 5.0, norms  # the clip at 5 acted on every step
+    nets, opt_s, opt_g, norms = zero_shot_reference(recorder.initial, recorder.steps, teacher, student_batch,
+                                                    balance_weight)
+    if not balance_weight:
+        assert min(norms) > 5.0, norms  # the clip at 5 acted on every step
     assert_states_match(nets, {n: snapshot(getattr(module, n)) for n in nets}, "after the iteration")
     assert_states_match({"teacher": teacher}, {"teacher": snapshot(module.teacher)}, "teacher")  # frozen
     # the module drew exactly the noise the reference drew

@@ -27,7 +27,11 @@ or more, from the second evaluation on, the generator has collapsed onto a class
 student then learns little beyond them), and the run says so once. With `restart_after` N, a
 guard outside the paper's algorithm (off unless set) acts sooner: after N iterations in a row
 whose batch fell at least `restart_class_share` in one teacher class it re-initialises the
-generator and its optimiser, before the student has learnt much from one class. Under manual
+generator and its optimiser, before the student has learnt much from one class. With
+`balance_weight` w > 0, another departure (off unless set), the generator's loss gains DFQ's class
+prior, w * sum_c pbar_c log pbar_c over the batch-mean teacher softmax pbar: a batch in one class
+costs w * log C more than a balanced one, so the generator is pulled away from collapse all along
+rather than restarted after it. Under manual
 optimisation `global_step` counts optimiser steps, n_G + n_S per iteration.
 """
 
@@ -45,6 +49,7 @@ from torchmetrics import MeanMetric
 from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
 from zskt.losses import generator_loss, zero_shot_student_loss
+from zskt.synthesis.losses import class_balance
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 from zskt.models.size_and_layout import set_channels_last
@@ -111,6 +116,7 @@ class ZeroShot(PicklableGenerators, DistillationModule):
         restart_after: int | None = None,
         restart_class_share: float = 0.9,
         precision_mix: str = "off",
+        balance_weight: float = 0.0,
     ) -> None:
         if precision_mix not in PRECISION_MIXES:
             raise UserError(f"method.precision_mix={precision_mix} is invalid: choose one of {', '.join(PRECISION_MIXES)}")
@@ -123,7 +129,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                            ("student_lr", student_lr), ("generator_lr", generator_lr), ("beta", beta),
                            ("temperature", temperature), ("grad_clip", grad_clip),
                            ("collapse_class_share", collapse_class_share),
-                           ("restart_after", restart_after), ("restart_class_share", restart_class_share)):
+                           ("restart_after", restart_after), ("restart_class_share", restart_class_share),
+                           ("balance_weight", balance_weight)):
             check(f"method.{key}", value)
         self.save_hyperparameters(ignore=["teacher"])
         self.automatic_optimization = False
@@ -162,6 +169,8 @@ class ZeroShot(PicklableGenerators, DistillationModule):
                 teacher_logits, teacher_features = self.teacher_with_features(x)
                 student_logits = self.student(x)
                 loss_g = generator_loss(student_logits, teacher_logits, hp.temperature)
+                if hp.balance_weight:  # the opt-in class prior (module docstring); 0: the paper's loss exactly
+                    loss_g = loss_g + hp.balance_weight * class_balance(teacher_logits)
                 opt_g.zero_grad()
                 self.manual_backward(loss_g)
                 self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
