@@ -49,10 +49,10 @@ from torchmetrics import MeanMetric
 from zskt.data.sources import IMAGE_SIZE
 from zskt.errors import UserError
 from zskt.losses import generator_loss, zero_shot_student_loss
-from zskt.synthesis.losses import class_balance
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 from zskt.models.size_and_layout import set_channels_last
+from zskt.synthesis.losses import class_balance
 from zskt.rng import PicklableGenerators
 from zskt.validation import check
 
