@@ -52,8 +52,8 @@ from zskt.losses import generator_loss, zero_shot_student_loss
 from zskt.methods.base import DistillationModule, scaled
 from zskt.models.generator import Generator
 from zskt.models.size_and_layout import set_channels_last
-from zskt.synthesis.losses import class_balance
 from zskt.rng import PicklableGenerators
+from zskt.synthesis.losses import class_balance
 from zskt.validation import check
 
 STUDENT_BATCHES = ("pre_update", "post_update", "fresh")
