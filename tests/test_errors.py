@@ -140,6 +140,8 @@ BAD_COMMAND_LINES = [
     (["method=foo"], "unknown method 'foo': choose one of"),
     (["trainer.nope=1"], "Could not override 'trainer.nope'"),
     (["student.depth"], "fix the override"),
+    (["seed=0,1"], "seed=0,1 lists several values, a sweep: add -m"),
+    (["seed=0,1", "dataset=foo"], "unknown dataset 'foo'"),  # the rest still checked
 ]
 
 
@@ -150,6 +152,14 @@ def test_unknown_options_and_keys_are_one_line(args, expected):
         zskt.run.check_overrides(args)
     message = str(raised.value)
     assert "\n" not in message and expected in message, message
+
+
+def test_a_sweep_without_m_passes_where_a_preset_makes_the_run_a_multirun():
+    # the paper presets set hydra.mode=MULTIRUN: Hydra sweeps `experiment=<preset> seed=0,1` without -m
+    zskt.run.check_overrides(["experiment=paper_miniature", "seed=0,1", "miniature_job=zero_shot,kd_at_m1"])
+    zskt.run.check_overrides(["-m", "method=kd_at,scratch", "seed=0,1"])
+    with pytest.raises(UserError, match="unknown miniature_job 'nope"):
+        zskt.run.check_overrides(["experiment=paper_miniature", "seed=0,1", "miniature_job=nope"])
 
 
 def test_the_command_line_turns_them_into_exit_2_before_writing_anything(tmp_path):

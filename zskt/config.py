@@ -68,13 +68,13 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config `python -m zskt.run <overrides>` composes, through Hydra's compose API; inside a
-    running Hydra app it reuses that app's search path."""
+    running Hydra app it reuses that app's search path. `return_hydra_config`: with its `hydra` node."""
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def resolve_config(cfg: DictConfig) -> DictConfig:
@@ -169,10 +169,14 @@ def check_overrides(args: list[str]) -> None:
     check_additions(args)
     if any(a in ("-m", "--multirun") or a.startswith("-") for a in args) or not args:
         return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import MissingConfigException
+    from hydra.types import RunMode
 
     try:
-        compose_config(args)
+        sweeps = [o.input_line for o in OverridesParser.create().parse_overrides(args) if o.is_sweep_override()]
+        # the rest composed on its own; a sweep needs multirun: -m, or a preset's hydra.mode
+        cfg = compose_config([a for a in args if a not in sweeps], return_hydra_config=bool(sweeps))
     except MissingConfigException as err:
         group = Path(str(err.missing_cfg_file or "")).parent.name or "option"
         # a leading underscore marks a building block (dataset/_base.yaml), not a choice
@@ -183,3 +187,6 @@ def check_overrides(args: list[str]) -> None:
         cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
         raise UserError(f"{lines[0] if lines else type(err).__name__}{cause}: fix the override "
                         "(new keys need a leading +)") from None
+    if sweeps and cfg.hydra.mode != RunMode.MULTIRUN:
+        raise UserError(f"{sweeps[0]} lists several values, a sweep: add -m to run one job per value "
+                        "(python -m zskt.run -m ...), or give one value")
