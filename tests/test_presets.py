@@ -417,4 +417,5 @@ def test_datafree_teachers_preset_trains_every_teacher_the_pairs_load():
 def test_datafree_presets_are_outside_the_paper_ones():
     # the paper_* presets reproduce the paper; the benchmark's presets never join their glob or their outputs
     assert not set(presets_by_glob("datafree_*")) & set(EXPECTED_JOBS)
-    assert set(presets_by_glob("datafree_*")) == {"datafree_cifar10", "datafree_cifar100", "datafree_teachers"}
+    assert set(presets_by_glob("datafree_*")) == {"datafree_cifar10", "datafree_cifar100", "datafree_miniature",
+                                                 "datafree_teachers"}

@@ -16,7 +16,7 @@ from zskt.validation import validate_config
 
 # options where 0 means something (no AT term, no weight decay, plain SGD, no padding, seed 0, ...)
 ZERO_MEANS_SOMETHING = {
-    "method.beta", "method.weight_decay", "method.anchor_weight", "method.alpha", "method.noise_seed",
+    "method.beta", "method.weight_decay", "method.anchor_weight", "method.alpha", "method.noise_seed", "method.balance_weight",
     "method.seed", "method.plot_k", "method.generator.negative_slope", "dataset.num_workers",
     "dataset.crop_padding", "dataset.subset_seed", "dataset.split_seed", "dataset.mean",
 }

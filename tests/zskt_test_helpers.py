@@ -108,3 +108,9 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.stage3(self.stage2(self.stage1(x))).mean(dim=(2, 3)))
+
+
+def learning_curve(results: dict) -> list[dict]:
+    """results.json's evaluations without their clock stamps (wall_s, cpu_s): what an exact resume must
+    reproduce (the clocks differ from run to run)."""
+    return [{k: v for k, v in e.items() if k not in ("wall_s", "cpu_s")} for e in results["evaluations"]]
