@@ -332,7 +332,10 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
     assert demo.teacher.train_if_missing and (demo.teacher.family, demo.teacher.depth) == ("resnet", 20)
     # the README states the demo's precision: fp32 on every machine, whatever it would pick
     assert demo.trainer.precision == "32-true"
+    # the demo's one departure in the generator's loss (the class prior); the paper presets keep -KL alone
+    assert demo.method.balance_weight == 1.0 and demo.method.restart_after is None
     paper = compose_cfg(tmp_path, ["method=zero_shot", "dataset=cifar10"])
+    assert paper.method.balance_weight == 0.0 and paper.method.restart_after is None
     assert paper.method.iterations == 80000 and paper.method.batch_size == 128
     assert paper.method.n_student_steps == 10 and paper.method.beta == 250.0
     assert compose_cfg(tmp_path, ["method=zero_shot", "dataset=svhn"]).method.iterations == 50000
@@ -342,10 +345,10 @@ def test_demo_composes_with_the_papers_defaults_elsewhere(tmp_path):
 
 def test_a_shortened_demo_trains_its_teacher_and_learns_well_above_chance(tmp_path):
     # the quick-start exactly, from an empty model zoo, cut from 200 to 100 iterations. Measured on
-    # the dev machine at iteration 100 (2 threads): 72.4 % with the current recipe; 59.3 %, 56.0 % and
-    # 43.5 % with earlier ones (teachers trained on 1 and on 2 threads, whose float differences change
-    # the whole adversarial trajectory); chance is 10 %. 50 iterations were too few to be robust
-    # (22.6 % on CI).
+    # the dev machine at iteration 100 (2 threads): 88.9 % with the current recipe (the class prior);
+    # 72.4 %, 59.3 %, 56.0 % and 43.5 % with earlier ones (teachers trained on 1 and on 2 threads,
+    # whose float differences change the whole adversarial trajectory); chance is 10 %. 50 iterations
+    # were too few to be robust (22.6 % on CI).
     shortened = ["experiment=demo", "method.iterations=100", "method.eval_every=100"]
     results = zskt.run.execute(compose_cfg(tmp_path, shortened))
     assert (tmp_path / "outputs" / "models" / "digits" / "resnet-20-seed0.pt").is_file()
