@@ -365,6 +365,10 @@ def test_csv_logger_gets_the_curves_hparams_and_final_metrics(tmp_path, logger, 
     hparams = (csv_dir / "hparams.yaml").read_text()
     assert "method: scratch" in hparams and "m: 2" in hparams and "logger: " + logger in hparams
     assert f"metrics in {csv_dir / 'metrics.csv'}" in caplog.text
+    # every method prints a line per evaluation, in its epochs (zero-shot's, in iterations: above)
+    said = [r.getMessage() for r in caplog.records if ": test accuracy" in r.getMessage()]
+    assert said == [f"epoch {e['epoch']}/3: test accuracy {e['test_acc']:.2f}%" for e in done["evaluations"]]
+    assert [e["epoch"] for e in done["evaluations"]] == [1, 2, 3]
     assert bool(list(run.glob("events.out.tfevents*"))) == (logger == "many")
     if logger == "many":
         assert f"open them with `tensorboard --logdir {run}`" in caplog.text

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
@@ -23,6 +25,8 @@ from zskt.validation import check
 
 if TYPE_CHECKING:
     from zskt.data.datamodule import ImageDataModule
+
+log = logging.getLogger("zskt")
 
 
 def scaled(n: int, budget_scale: float) -> int:
@@ -158,6 +162,18 @@ class StudentModule(pl.LightningModule):
         if self.trainer.state.fn == "fit":  # not trainer.validate's measurement before a fit
             self.evaluations.append({"epoch": self.current_epoch + 1, "student_images": self.images_so_far(),
                                      "test_acc": round(float(accuracy), 4)})
+            self.add_to_evaluation(self.evaluations[-1])
+            if self.trainer.is_global_zero:  # one line per evaluation, in the console and run.log
+                log.info(self.evaluation_line(self.evaluations[-1]))
+
+    def add_to_evaluation(self, evaluation: dict) -> None:
+        """A method's own measures of the block just evaluated, added to its `evaluations` entry; runs
+        on every rank (metrics sync under DDP). None by default."""
+
+    def evaluation_line(self, evaluation: dict) -> str:
+        """The line an evaluation prints, in the run's own unit (here Lightning epochs, which for the
+        data-free methods are the benchmark's epochs)."""
+        return f"epoch {evaluation['epoch']}/{self.trainer.max_epochs}: test accuracy {evaluation['test_acc']:.2f}%"
 
     def images_so_far(self) -> int:
         """The images the student has taken optimiser steps on when this evaluation runs (the unit of

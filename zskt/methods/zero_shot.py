@@ -253,18 +253,24 @@ class ZeroShot(PicklableGenerators, DistillationModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self.trainer.state.fn != "fit" or not self.teacher_confidence.update_called:
+        if self.trainer.state.fn == "fit":
+            self.report_collapse()
+
+    def add_to_evaluation(self, evaluation: dict) -> None:
+        """The block's generated batches: the teacher's mean top probability and the collapse signal."""
+        if not self.teacher_confidence.update_called:
             return
         # all ranks: compute syncs under DDP
         confidence, share = float(self.teacher_confidence.compute()), float(self.top_class_share.compute())
         self.teacher_confidence.reset()
         self.top_class_share.reset()
-        self.evaluations[-1].update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
-        if self.trainer.is_global_zero:
-            evaluation = self.evaluations[-1]
-            log.info(f"iteration {self.iteration}/{self.total_iterations}: student test accuracy "
-                     f"{evaluation['test_acc']:.2f}%, top_class_share {share:.2f} (collapse signal)")
-        self.report_collapse()
+        evaluation.update(teacher_max_prob=round(confidence, 4), top_class_share=round(share, 4))
+
+    def evaluation_line(self, evaluation: dict) -> str:
+        line = f"iteration {self.iteration}/{self.total_iterations}: student test accuracy {evaluation['test_acc']:.2f}%"
+        if "top_class_share" in evaluation:
+            line += f", top_class_share {evaluation['top_class_share']:.2f} (collapse signal)"
+        return line
 
     def restart_if_collapsed(self, top_class_share: Tensor) -> None:
         """The restart guard (see the module docstring). A collapsed generator's loss (-KL) has no slope
