@@ -3,11 +3,10 @@ and what a method asks of the run that builds it (`RunInputs`, `StudentModule.ru
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import logging
 
 import pytorch_lightning as pl
 import torch
